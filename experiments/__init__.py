@@ -1,0 +1,1 @@
+"""Experiments that compose lightquant, plt and cropi."""

@@ -1,0 +1,1 @@
+"""Speed benchmarks that print ratios measured in one run."""
