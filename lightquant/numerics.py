@@ -199,6 +199,22 @@ def round_to_e4m3(v: jax.Array, rounding: str = "half_even") -> jax.Array:
   return round_fp_element(v, formats.ELEMENTS["e4m3"], rounding)
 
 
+def divide_by_block_scale(x: jax.Array, scale: jax.Array) -> jax.Array:
+  """x / scale with IEEE division, where scale broadcasts against x.
+
+  XLA rewrites ``x / broadcast(s)`` into ``x * broadcast(1 / s)``, so the
+  scale is broadcast to x's shape behind an optimization barrier first. That
+  costs one x-sized buffer, paid only by the non-power-of-two scale rules.
+  """
+  full = jax.lax.optimization_barrier(jnp.broadcast_to(scale, x.shape))
+  return x / full
+
+
+def divide_by_constant(x: jax.Array, c: float) -> jax.Array:
+  """x / c with IEEE division; XLA would multiply by the rounded 1 / c."""
+  return divide_by_block_scale(x, jnp.float32(c))
+
+
 def round_to_bf16(x: jax.Array) -> jax.Array:
   """Round float32 to the nearest bfloat16 (ties to even), kept as float32."""
   return x.astype(jnp.bfloat16).astype(jnp.float32)

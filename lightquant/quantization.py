@@ -12,7 +12,8 @@ Rules for special values, applied to every format:
 
 - An all-zero block gives exact zeros; its UE8M0 scale code is 0 (2^-127),
   matching gfloat's convention.
-- Finite input never gives NaN or inf.
+- Finite input never gives NaN or inf: a dequantized value beyond the output
+  dtype's range (a rounded-up scale can cause one) saturates to its maximum.
 - A block that contains NaN or +-inf gets a NaN scale (UE8M0 code 255, E4M3
   code 0x7F, or a float NaN), zero element codes, and dequantizes to NaN in
   every element. Other blocks are unaffected. The NV per-tensor scale is
@@ -126,12 +127,14 @@ def _quantize_blocks(xb: jax.Array, fmt: formats.Format) -> _Blocks:
     y = arith(numerics.mul_pow2(xb, -e))
     scale_exp = e
   elif fmt.scale_rule == "fp32":
-    scale = arith(amax / qmax)
-    y = arith(jnp.where(zero_block, 0.0, xb / jnp.where(zero_block, 1.0, scale)))
+    scale = arith(numerics.divide_by_constant(amax, qmax))
+    y = arith(numerics.divide_by_block_scale(xb, jnp.where(zero_block, 1.0, scale)))
+    y = jnp.where(zero_block, 0.0, y)
   else:
     scale, scale_code, tensor_scale = _two_level_scale(amax, fmt, arith)
     empty = scale == 0.0
-    y = arith(jnp.where(empty, 0.0, xb / jnp.where(empty, 1.0, scale)))
+    y = arith(numerics.divide_by_block_scale(xb, jnp.where(empty, 1.0, scale)))
+    y = jnp.where(empty, 0.0, y)
 
   q = numerics.round_element(y, fmt)
   return _Blocks(q=q, scale_exp=scale_exp, scale=scale, scale_code=scale_code,
@@ -146,14 +149,15 @@ def _two_level_scale(amax, fmt, arith):
   ``s' = S * decode(code)``. The E4M3 code rounds to nearest, so
   ``amax / s'`` may exceed qmax slightly and saturates in element rounding.
   """
-  block_scale = arith(amax / fmt.qmax)
-  tensor_scale = arith(jnp.max(block_scale) / _E4M3.qmax)
+  block_scale = arith(numerics.divide_by_constant(amax, fmt.qmax))
+  tensor_scale = arith(numerics.divide_by_constant(jnp.max(block_scale), _E4M3.qmax))
   if fmt.scale_rule == "nv_ue8m0":
     e = numerics.scale_exponent(tensor_scale, 1.0, 0, "ceil")
     tensor_scale = jnp.where(tensor_scale > 0, numerics.pow2(jnp.clip(e, -126, 127)),
                              0.0)
   safe_tensor_scale = jnp.where(tensor_scale > 0, tensor_scale, 1.0)
-  ratio = jnp.where(tensor_scale > 0, arith(block_scale / safe_tensor_scale), 0.0)
+  ratio = arith(numerics.divide_by_block_scale(block_scale, safe_tensor_scale))
+  ratio = jnp.where(tensor_scale > 0, ratio, 0.0)
   code_value = numerics.round_to_e4m3(ratio)
   scale = arith(tensor_scale * code_value)
   code = numerics.encode_fp(code_value, _E4M3)
@@ -167,6 +171,16 @@ def _dequantize_blocks(blocks: _Blocks) -> jax.Array:
   else:
     x_hat = blocks.q * blocks.scale
   return jnp.where(blocks.bad, jnp.nan, x_hat)
+
+
+def _saturating_cast(x: jax.Array, dtype) -> jax.Array:
+  """Cast float32 to `dtype`, clipping to its finite range (NaN stays NaN).
+
+  A power-of-two scale rounded up can put a dequantized value just beyond the
+  largest finite number of the output dtype (6 * 2^126 overflows float32).
+  """
+  limit = float(jnp.finfo(dtype).max)
+  return jnp.clip(x, -limit, limit).astype(dtype)
 
 
 def _check_input(x: jax.Array, fmt) -> tuple[jax.Array, formats.Format]:
@@ -184,12 +198,12 @@ def fake_quant_f32(x: jax.Array, fmt: formats.Format, axis: int) -> jax.Array:
     x = x.reshape(1)
   xb = _to_blocks(x.astype(jnp.float32), axis, fmt)
   x_hat = _dequantize_blocks(_quantize_blocks(xb, fmt))
-  return _from_blocks(x_hat, axis, x.shape[axis])
+  return _saturating_cast(_from_blocks(x_hat, axis, x.shape[axis]), jnp.float32)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _fake_quant_ste(x, fmt, axis):
-  return fake_quant_f32(x, fmt, axis).reshape(x.shape).astype(x.dtype)
+  return _saturating_cast(fake_quant_f32(x, fmt, axis).reshape(x.shape), x.dtype)
 
 
 @_fake_quant_ste.defjvp
@@ -289,4 +303,5 @@ def dequantize(qa: QuantizedArray) -> jax.Array:
   else:
     block_scale = numerics.decode_fp(scale_blocks, _E4M3)
     x_hat = vb * (qa.tensor_scale * block_scale)
-  return _from_blocks(x_hat, axis, n).reshape(shape).astype(qa.dtype)
+  x_hat = jnp.clip(x_hat, -jnp.finfo(jnp.float32).max, jnp.finfo(jnp.float32).max)
+  return _saturating_cast(_from_blocks(x_hat, axis, n).reshape(shape), qa.dtype)
