@@ -14,6 +14,9 @@ size runs over per-channel, 256, 128, 64, 32 and 16, and every measurement
 is taken with and without a 32-point random Hadamard rotation along that axis.
 NV formats keep their two-level E4M3 scale at every block size.
 
+A full run took 88 s and --quick 28 s, including start-up, on a 2-core x86-64
+Linux machine with jax 0.10.2 on CPU.
+
 Files written to --out, each through a temporary file and os.replace:
   qsnr.csv               one row per (tensor, format, block size, rotation)
   results.md             mean QSNR, INT-vs-FP win rates, crest-factor
@@ -56,7 +59,8 @@ PER_CHANNEL = lightquant.PER_CHANNEL
 BLOCK_SIZES = (PER_CHANNEL, 256, 128, 64, 32, 16)
 # INT format first in each pair: mxint8, mxfp8, mxint6, ..., nvint4, nvfp4.
 PAPER_FORMATS = tuple(name for pair in lightquant.PAPER_PAIRS for name in pair)
-HADAMARD_SIZE = 32  # the paper's tensor study uses 32 x 32 for every format
+# Chen et al. rotate with 32 x 32 for every format in their tensor study.
+HADAMARD_SIZE = 32
 
 SYNTHETIC_SHAPE = (512, 4096)
 # The --quick shape equals the MiniLM attention matrices, so the synthetic and
@@ -72,9 +76,9 @@ QUICK_MINILM_LAYERS = (
     "attention.output.dense",
 )
 
-# Encoded-to-ideal scale ratio rho of the closed-form model: the UE8M0 ceil
-# scale lies between 1 and 2 times the ideal scale and the paper takes 1.5,
-# while the NV E4M3 block scale is within a few percent of it (1.05).
+# Encoded-to-ideal scale ratio rho of the closed-form model. The UE8M0 ceil
+# scale lies between 1 and 2 times the ideal scale, and Chen et al. take 1.5.
+# The NV E4M3 block scale is within a few percent of it, modeled as 1.05.
 MX_THEORY = {"rho": 1.5, "scale": "ue8m0"}
 NV_THEORY = {"rho": 1.05, "scale": "e4m3"}
 
@@ -210,7 +214,7 @@ def _rotate_if(x: jax.Array, signs: jax.Array | None) -> jax.Array:
 
 
 def _make_qsnr_fn(fmt: lightquant.Format, signs: jax.Array | None) -> Callable:
-  """Jit x -> QSNR (dB) of `fmt` along the last axis, after the rotation.
+  """Build a jitted x -> QSNR (dB) of `fmt` along the last axis, after the rotation.
 
   The QSNR is taken against the rotated tensor. The rotation is orthogonal,
   so this equals the QSNR of the unrotated reconstruction up to float32
@@ -243,7 +247,7 @@ def _block_crest_factors(x: jax.Array, block_size: int) -> jax.Array:
 
 
 def _make_crest_fn(block_size: int, signs: jax.Array | None) -> Callable:
-  """Jit x -> mean block crest factor after the rotation.
+  """Build a jitted x -> mean block crest factor, after the rotation.
 
   All-zero blocks have no crest factor and are left out of the mean.
   """
@@ -321,7 +325,7 @@ def run_sweep(cases: Sequence[TensorCase], signs: jax.Array,
 
 
 def _native_block(name: str) -> int:
-  """The format's registered block size: 32 for MX, 16 for NV."""
+  """Return the format's registered block size: 32 for MX, 16 for NV."""
   return lightquant.get_format(name).block_size
 
 
@@ -502,12 +506,14 @@ def build_markdown(rows, source, settings: dict) -> str:
   """Build results.md from the measured rows."""
   tensor_count = len(_tensor_names(rows, source))
   source_text = _source_text(source)
+
   synthetic = ", ".join(_tensor_names(rows, SOURCE_SYNTHETIC))
   if settings["minilm_count"]:
     minilm_line = (f"- MiniLM: {settings['minilm_count']} linear weight matrices "
                    "of all-MiniLM-L6-v2, [out_features, in_features].")
   else:
     minilm_line = "- MiniLM: skipped (--skip_minilm)."
+
   lines = [
       "# QSNR of INT and FP block formats",
       "",
@@ -554,7 +560,7 @@ def build_csv(rows: Sequence[dict]) -> str:
 
 
 def _crest_plot_legend_handles() -> list[Line2D]:
-  """Legend entries shared by every panel: color = kind, marker = source."""
+  """Build the legend shared by every panel: color = kind, marker = source."""
   return [
       Line2D([], [], color=KIND_COLORS["int"], label="INT format"),
       Line2D([], [], color=KIND_COLORS["fp"], label="FP format"),
@@ -603,7 +609,7 @@ def plot_qsnr_vs_crest(rows: Sequence[dict]) -> Figure:
 
 
 def plot_int_win_rate(rows: Sequence[dict], source: str, source_text: str) -> Figure:
-  """Bar chart of the INT win rate per pair, with and without rotation."""
+  """Plot the INT win rate per pair as bars, with and without rotation."""
   figure = Figure(figsize=(8, 5), layout="constrained")
   ax = figure.subplots()
   positions = np.arange(len(lightquant.PAPER_PAIRS))

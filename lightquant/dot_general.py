@@ -215,6 +215,9 @@ def _quantized_dot_general_bwd(config, dimension_numbers, precision, out_dtype,
 
 _quantized_dot_general.defvjp(_quantized_dot_general_fwd, _quantized_dot_general_bwd)
 
+# Eager calls compile once per static configuration; under jit this inlines.
+_quantized_dot_general_jit = jax.jit(_quantized_dot_general, static_argnums=(0, 1, 2, 3))
+
 
 def _contraction_length(shape, axes) -> int:
   n = 1
@@ -271,8 +274,8 @@ def make_dot_general(config: DotGeneralConfig, key: jax.Array | None = None) -> 
       out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
     else:
       out_dtype = jnp.dtype(preferred_element_type)
-    out = _quantized_dot_general(config, dimension_numbers, precision, out_dtype,
-                                 lhs, rhs, signs)
+    out = _quantized_dot_general_jit(config, dimension_numbers, precision, out_dtype,
+                                     lhs, rhs, signs)
     if out_sharding is not None:
       out = jax.lax.with_sharding_constraint(out, out_sharding)
     return out

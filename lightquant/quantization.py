@@ -213,6 +213,11 @@ def _fake_quant_ste_jvp(fmt, axis, primals, tangents):
   return _fake_quant_ste(x, fmt, axis), dx
 
 
+# Jitted entry points: eager calls compile once per (format, axis, shape)
+# instead of dispatching every primitive; inside an outer jit they inline.
+_fake_quant_jit = jax.jit(_fake_quant_ste, static_argnums=(1, 2))
+
+
 def fake_quant(x: jax.Array, fmt: "str | formats.Format", axis: int = -1) -> jax.Array:
   """Quantize `x` in blocks along `axis` and dequantize it back.
 
@@ -233,8 +238,8 @@ def fake_quant(x: jax.Array, fmt: "str | formats.Format", axis: int = -1) -> jax
   [0.25, 1.0, -3.0]
   """
   x, fmt = _check_input(x, fmt)
-  _normalize_axis(axis, x.ndim)
-  return _fake_quant_ste(x, fmt, axis)
+  axis = _normalize_axis(axis, x.ndim)
+  return _fake_quant_jit(x, fmt, axis)
 
 
 def quantize(x: jax.Array, fmt: "str | formats.Format", axis: int = -1) -> QuantizedArray:
@@ -249,7 +254,11 @@ def quantize(x: jax.Array, fmt: "str | formats.Format", axis: int = -1) -> Quant
     A `QuantizedArray`; `dequantize` inverts it.
   """
   x, fmt = _check_input(x, fmt)
-  axis = _normalize_axis(axis, x.ndim)
+  return _quantize_jit(x, fmt, _normalize_axis(axis, x.ndim))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize_jit(x: jax.Array, fmt: formats.Format, axis: int) -> QuantizedArray:
   shape = x.shape
   if x.ndim == 0:
     x = x.reshape(1)
@@ -277,6 +286,7 @@ def quantize(x: jax.Array, fmt: "str | formats.Format", axis: int = -1) -> Quant
                         fmt=fmt, axis=axis, dtype=x.dtype)
 
 
+@jax.jit
 def dequantize(qa: QuantizedArray) -> jax.Array:
   """Decode a `QuantizedArray` back to values of the original dtype."""
   fmt = qa.fmt

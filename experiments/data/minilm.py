@@ -60,7 +60,7 @@ def find_model_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
 
   Raises:
     FileNotFoundError: if the folder or its `model.safetensors` is missing.
-      The one-line message says how to install the package.
+      The one-line message gives the install command.
   """
   if path is None:
     model_dir = _installed_model_dir()
