@@ -25,7 +25,7 @@ def crest_factor(x: jax.Array, block_size: int = 32, axis: int = -1) -> jax.Arra
   Args:
     x: float array.
     block_size: elements per block, or `formats.PER_CHANNEL` for whole rows.
-      A ragged last block is zero-padded, so its RMS counts the padding.
+      A ragged last block's RMS counts only its real elements.
     axis: the blocked axis.
 
   Returns:
@@ -39,6 +39,9 @@ def crest_factor(x: jax.Array, block_size: int = 32, axis: int = -1) -> jax.Arra
     )
   fmt = formats.Format("crest", "int8", block_size=block_size)
   axis = quantization._normalize_axis(axis, x.ndim)
-  xb = jnp.abs(quantization._to_blocks(jnp.asarray(x, jnp.float32), axis, fmt))
-  rms = jnp.sqrt(jnp.mean(jnp.square(xb), axis=-1))
+  x = jnp.asarray(x, jnp.float32)
+  xb = jnp.abs(quantization._to_blocks(x, axis, fmt))
+  ones = jnp.ones((x.shape[axis],), jnp.float32)
+  counts = jnp.sum(quantization._to_blocks(ones, 0, fmt), axis=-1)  # [NB]
+  rms = jnp.sqrt(jnp.sum(jnp.square(xb), axis=-1) / counts)
   return jnp.max(xb, axis=-1) / rms
