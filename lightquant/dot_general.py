@@ -122,21 +122,33 @@ def _canonical_dims(dimension_numbers) -> tuple:
           (tuple(map(int, lb)), tuple(map(int, rb))))
 
 
+def _rotate_and_quantize(x, axis, fmt, signs):
+  if signs is not None:
+    x = hadamard.rotate(x, signs, axis=axis)
+  if fmt is not None:
+    x = quantization.fake_quant_f32(x, fmt, axis=axis)
+  return x
+
+
 def _quantize_along(x, axes, fmt, signs):
   """Rotate and fake-quantize `x` along the flattened `axes`, in float32."""
   x = x.astype(jnp.float32)
   if fmt is None and signs is None:
     return x
+  if not axes:
+    # No contraction (an outer product): each element is its own block.
+    return _quantize_along(x[..., None], (x.ndim,), fmt, signs)[..., 0]
+  start = axes[0]
+  if axes == tuple(range(start, start + len(axes))):
+    # Adjacent axes in order merge by a reshape, without a transpose.
+    merged = x.reshape(x.shape[:start] + (-1,) + x.shape[axes[-1] + 1:])
+    return _rotate_and_quantize(merged, start, fmt, signs).reshape(x.shape)
   rest = tuple(d for d in range(x.ndim) if d not in axes)
-  moved = jnp.transpose(x, rest + tuple(axes))
-  flat_shape = moved.shape[:len(rest)] + (-1,)
-  flat = moved.reshape(flat_shape) if axes else moved[..., None]
-  if signs is not None:
-    flat = hadamard.rotate(flat, signs, axis=-1)
-  if fmt is not None:
-    flat = quantization.fake_quant_f32(flat, fmt, axis=-1)
-  out = flat.reshape(moved.shape)
-  return jnp.transpose(out, tuple(sorted(range(x.ndim), key=(rest + tuple(axes)).index)))
+  order = rest + tuple(axes)
+  moved = jnp.transpose(x, order)
+  flat = moved.reshape(moved.shape[:len(rest)] + (-1,))
+  flat = _rotate_and_quantize(flat, len(rest), fmt, signs)
+  return jnp.transpose(flat.reshape(moved.shape), tuple(order.index(d) for d in range(x.ndim)))
 
 
 def _exact_in_bf16(fmt, dtype, rotated: bool) -> bool:
@@ -153,7 +165,10 @@ def _gemm(a, b, a_axes, b_axes, gemm: GemmConfig, signs, dims, precision, dtypes
   a_q = _quantize_along(a, a_axes, gemm.lhs, signs)
   b_q = _quantize_along(b, b_axes, gemm.rhs, signs)
   rotated = signs is not None
-  if (_exact_in_bf16(gemm.lhs, dtypes[0], rotated)
+  # CPUs have no fast bf16 GEMM, so there float32 inputs are faster and give
+  # the same products.
+  if (jax.default_backend() != "cpu"
+      and _exact_in_bf16(gemm.lhs, dtypes[0], rotated)
       and _exact_in_bf16(gemm.rhs, dtypes[1], rotated)):
     # Exact inputs with float32 accumulation, as an MX GEMM unit computes.
     a_q, b_q = a_q.astype(jnp.bfloat16), b_q.astype(jnp.bfloat16)

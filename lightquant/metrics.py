@@ -29,8 +29,8 @@ def crest_factor(x: jax.Array, block_size: int = 32, axis: int = -1) -> jax.Arra
     axis: the blocked axis.
 
   Returns:
-    float32 array with x's shape, `axis` moved last and replaced by the number
-    of blocks. All-zero blocks give NaN.
+    float32 array with x's shape, `axis` replaced by the number of blocks.
+    All-zero blocks give NaN.
   """
   if block_size <= 0 and block_size != formats.PER_CHANNEL:
     raise ValueError(
@@ -40,8 +40,9 @@ def crest_factor(x: jax.Array, block_size: int = 32, axis: int = -1) -> jax.Arra
   fmt = formats.Format("crest", "int8", block_size=block_size)
   axis = quantization._normalize_axis(axis, x.ndim)
   x = jnp.asarray(x, jnp.float32)
-  xb = jnp.abs(quantization._to_blocks(x, axis, fmt))
+  xb = jnp.abs(quantization._to_blocks(x, axis, fmt))  # G at axis + 1
   ones = jnp.ones((x.shape[axis],), jnp.float32)
   counts = jnp.sum(quantization._to_blocks(ones, 0, fmt), axis=-1)  # [NB]
-  rms = jnp.sqrt(jnp.sum(jnp.square(xb), axis=-1) / counts)
-  return jnp.max(xb, axis=-1) / rms
+  counts = counts.reshape((-1,) + (1,) * (x.ndim - axis - 1))
+  rms = jnp.sqrt(jnp.sum(jnp.square(xb), axis=axis + 1) / counts)
+  return jnp.max(xb, axis=axis + 1) / rms
