@@ -85,7 +85,7 @@ class DotGeneralConfig:
 
   @classmethod
   def uniform(cls, fmt, hadamard_size: int | None = None) -> "DotGeneralConfig":
-    """One format for all six operands, one rotation size for all GEMMs."""
+    """Build a config with one format for all six operands and one rotation."""
     gemm = GemmConfig(fmt, fmt, hadamard_size)
     return cls(gemm, gemm, gemm)
 
@@ -96,7 +96,7 @@ class DotGeneralConfig:
 
   @property
   def rotates(self) -> bool:
-    """Whether any GEMM uses a Hadamard rotation."""
+    """True when any GEMM uses a Hadamard rotation."""
     return any(getattr(self, g).hadamard_size for g in _GEMMS)
 
 
@@ -152,7 +152,7 @@ def _quantize_along(x, axes, fmt, signs):
 
 
 def _exact_in_bf16(fmt, dtype, rotated: bool) -> bool:
-  """Whether the GEMM operand's values are exactly representable in bf16."""
+  """Return whether a GEMM operand's values are exactly representable in bf16."""
   if fmt is None:
     return dtype == jnp.bfloat16 and not rotated
   # Power-of-two scales times at most 8 significant bits fit bf16's significand.

@@ -6,7 +6,8 @@ blocks (ceil(N / G)).
 Pipeline for one block (arXiv 2510.25602, Section 2): ``amax = max|x|``, a
 scale ``s'`` from the format's scale rule, ``y = x / s'`` rounded onto the
 element grid with saturation at +-qmax, and ``x_hat = q * s'``. All arithmetic
-is float32 whatever the input dtype, unless the format asks to emulate BF16.
+is float32 whatever the input dtype, unless the format sets
+``scale_arith="bf16"`` to emulate BF16 arithmetic.
 
 Rules for special values, applied to every format:
 
@@ -113,8 +114,8 @@ def _quantize_blocks(xb: jax.Array, fmt: formats.Format, block_axis: int) -> _Bl
   arith = numerics.round_to_bf16 if bf16 else (lambda v: v)
   xb = arith(xb)
 
-  # max propagates NaN and inf, so one reduction yields both the block maxima
-  # and the blocks holding a non-finite value; no pass masks the input first.
+  # max propagates NaN and inf, so one reduction finds both the block maxima
+  # and the blocks that contain a non-finite value. No pass masks the input.
   amax = jnp.max(jnp.abs(xb), axis=block_axis, keepdims=True)
   if fmt.block_size == formats.PER_TENSOR:
     amax = jnp.broadcast_to(jnp.max(amax), amax.shape)

@@ -211,16 +211,16 @@ def test_int4_grid_block_is_fixed():
 
 
 def test_mxint8_symmetric_clip_at_127_7():
-  fmt = _fmt("mxint8", scale_rule="fp32")
+  # The OCP rule gives this block the scale 2^(floor(log2 127.7) - 6) = 1,
+  # so +-127.7 round to +-128 and the clip range decides.
   x = jnp.zeros(32).at[0].set(127.7).at[1].set(-127.7)
-  qa = lq.quantize(x * (127.0 / 127.7), fmt)  # scale exactly 1
-  codes = np.asarray(qa.codes)
-  assert codes[0] == 127 and codes[1] == -127
-  sym = np.asarray(lq.quantize(x, _fmt("mxint8", scale_rule="ceil")).codes)
-  assert sym[0] == -sym[1]
-  y = jnp.zeros(32).at[0].set(127.7).at[1].set(-127.7).at[2].set(100.0)
-  q_sym = np.asarray(lq.quantize(y, _fmt("mxint8", scale_rule="ceil", block_size=32)).codes)
-  assert q_sym.min() >= -127
+  sym = lq.quantize(x, _fmt("mxint8", scale_rule="ocp"))
+  assert int(np.asarray(sym.scales)[0]) == 127  # UE8M0 code of 2^0
+  np.testing.assert_array_equal(np.asarray(sym.codes)[:2], [127, -127])
+  np.testing.assert_array_equal(np.asarray(lq.fake_quant(-x, _fmt("mxint8", scale_rule="ocp"))),
+                                -np.asarray(lq.dequantize(sym)))
+  asym = lq.quantize(x, _fmt("mxint8", scale_rule="ocp", clip="asymmetric"))
+  np.testing.assert_array_equal(np.asarray(asym.codes)[:2], [127, -128])
 
 
 def test_symmetric_int_never_emits_min_code():
