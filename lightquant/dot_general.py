@@ -162,6 +162,11 @@ def _exact_in_bf16(fmt, dtype, rotated: bool) -> bool:
 
 def _gemm(a, b, a_axes, b_axes, gemm: GemmConfig, signs, dims, precision, dtypes):
   """Quantize a and b along their contraction axes and contract them."""
+  if gemm.lhs is None and gemm.rhs is None and signs is None:
+    # Unquantized: the operands keep their dtypes, as in lax.dot_general.
+    dtype = jnp.result_type(a.dtype, b.dtype)
+    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, precision=precision,
+                               preferred_element_type=jnp.float32)
   a_q = _quantize_along(a, a_axes, gemm.lhs, signs)
   b_q = _quantize_along(b, b_axes, gemm.rhs, signs)
   rotated = signs is not None

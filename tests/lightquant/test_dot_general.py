@@ -46,6 +46,21 @@ def test_no_formats_equals_lax(lhs_shape, rhs_shape, dims):
     np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6, atol=1e-6)
 
 
+def test_no_formats_bf16_keeps_dtypes():
+  dims = (((1,), (0,)), ((), ()))
+  a = jax.random.normal(jax.random.key(0), (8, 64), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (64, 16), jnp.bfloat16)
+  got = _PLAIN(a, b, dims)
+  assert got.dtype == jnp.bfloat16
+  expected = jax.lax.dot_general(a, b, dims)
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                             rtol=1e-2, atol=1e-2)
+  grads = jax.grad(lambda x, y: jnp.sum(_PLAIN(x, y, dims).astype(jnp.float32)), (0, 1))(a, b)
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
+  f32 = _PLAIN(a, b, dims, preferred_element_type=jnp.float32)
+  assert f32.dtype == jnp.float32
+
+
 def _outlier_problem():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((64, 32)).astype(np.float32)
