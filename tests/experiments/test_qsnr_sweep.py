@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from lightquant import theory
 from experiments import lightquant_qsnr_sweep as sweep
 from experiments.data import minilm
 
@@ -218,3 +219,35 @@ def test_minilm_linear_weights_shapes():
   assert shapes.count((1536, 384)) == 6
   assert shapes.count((384, 1536)) == 6
   assert all(value.dtype == np.float32 for value in linear.values())
+
+
+@pytest.mark.parametrize("block_size", [-1, 256, 64, 100])
+def test_mean_crest_factor_ragged_blocks(block_size):
+  # With 384 columns, block sizes 256 and 100 leave a ragged last block.
+  x = np.random.default_rng(1).standard_normal((6, 384)).astype(np.float32)
+  # Row 0 ends in 84 zeros, so its last block is all-zero at block sizes 64 and
+  # 100, and the mean leaves it out.
+  x[0, 300:] = 0.0
+  length = x.shape[1] if block_size == -1 else block_size
+  expected = []
+  for row in x:
+    for start in range(0, row.size, length):
+      block = row[start:start + length].astype(np.float64)
+      if np.any(block):
+        expected.append(np.abs(block).max() / np.sqrt(np.mean(block**2)))
+  measured = float(sweep._make_crest_fn(block_size, None)(x))
+  assert measured == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def test_theory_qsnr_mapping():
+  mxint8 = sweep.sweep_format("mxint8", 32)
+  nvfp4_per_channel = sweep.sweep_format("nvfp4", -1)
+  assert sweep.theory_qsnr(mxint8, 3.0, 384) == pytest.approx(
+      theory.int_qsnr(3.0, 8, rho=1.5, scale="ue8m0"))
+  assert sweep.theory_qsnr(nvfp4_per_channel, 3.0, 384) == pytest.approx(
+      theory.fp_qsnr(3.0, 2, 1, rho=1.05, scale="e4m3", block_size=384))
+
+
+@pytest.mark.parametrize("kappa", [0.0, math.nan, math.inf])
+def test_theory_qsnr_invalid_kappa_nan(kappa):
+  assert math.isnan(sweep.theory_qsnr(sweep.sweep_format("mxfp4", 32), kappa, 384))
