@@ -19,3 +19,4 @@ from plt.kv_cache import kv_cache_bytes
 from plt.model import forward
 from plt.model import forward_with_outputs
 from plt.model import init_params
+from plt.nn import LoopedLM
