@@ -15,6 +15,7 @@ so sweeps change one field with `dataclasses.replace`:
 
 import dataclasses
 import math
+import numbers
 
 # Block-size sentinels. A positive block size is the number of contiguous
 # elements along the quantization axis that share one scale.
@@ -144,8 +145,9 @@ class Format:
     _check_choice("clip", self.clip, CLIP_STYLES)
     _check_choice("rounding", self.rounding, ROUNDING_MODES)
     _check_choice("scale_arith", self.scale_arith, SCALE_ARITHMETIC)
-    if not isinstance(self.block_size, int) or isinstance(self.block_size, bool):
+    if not isinstance(self.block_size, numbers.Integral) or isinstance(self.block_size, bool):
       raise ValueError(f"invalid block_size {self.block_size!r}; expected an int")
+    object.__setattr__(self, "block_size", int(self.block_size))
     if self.block_size <= 0 and self.block_size not in (PER_CHANNEL, PER_TENSOR):
       raise ValueError(
           f"invalid block_size {self.block_size}; valid values: a positive int, "

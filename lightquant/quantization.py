@@ -31,6 +31,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lightquant import formats
 from lightquant import numerics
@@ -64,8 +65,13 @@ class QuantizedArray:
 
 
 def _normalize_axis(axis: int, ndim: int) -> int:
+  if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+    raise ValueError(f"invalid axis {axis!r}; expected an int in [{-max(ndim, 1)}, {max(ndim, 1)})")
+  axis = int(axis)
   if not -max(ndim, 1) <= axis < max(ndim, 1):
-    raise ValueError(f"invalid axis {axis} for an array of rank {ndim}")
+    raise ValueError(
+        f"invalid axis {axis} for an array of rank {ndim}; expected an int in "
+        f"[{-max(ndim, 1)}, {max(ndim, 1)})")
   return axis % max(ndim, 1)
 
 
@@ -114,12 +120,14 @@ def _quantize_blocks(xb: jax.Array, fmt: formats.Format, block_axis: int) -> _Bl
   arith = numerics.round_to_bf16 if bf16 else (lambda v: v)
   xb = arith(xb)
 
-  # max propagates NaN and inf, so one reduction finds both the block maxima
-  # and the blocks that contain a non-finite value. No pass masks the input.
-  amax = jnp.max(jnp.abs(xb), axis=block_axis, keepdims=True)
+  # NaN counts as inf, so one reduction finds both the block maxima and the
+  # blocks that contain a non-finite value. XLA's vectorized CPU max can drop
+  # a NaN operand, but it keeps inf.
+  magnitude = jnp.where(jnp.isnan(xb), jnp.inf, jnp.abs(xb))
+  amax = jnp.max(magnitude, axis=block_axis, keepdims=True)
   if fmt.block_size == formats.PER_TENSOR:
     amax = jnp.broadcast_to(jnp.max(amax), amax.shape)
-  bad = ~jnp.isfinite(amax)
+  bad = amax == jnp.inf
   amax = jnp.where(bad, 0.0, amax)
   # Zero and float32-subnormal maxima make an all-zero block.
   zero_block = amax < jnp.finfo(jnp.float32).tiny
@@ -194,6 +202,8 @@ def _check_input(x: jax.Array, fmt) -> tuple[jax.Array, formats.Format]:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"invalid input dtype {x.dtype}; expected a float dtype")
+  if x.size == 0:
+    raise ValueError(f"invalid input shape {x.shape}; quantization needs a non-empty array")
   return x, fmt
 
 

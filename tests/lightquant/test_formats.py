@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 import lightquant as lq
@@ -65,6 +66,12 @@ def test_replace_makes_sweeps():
 def test_invalid_fields_raise(field, value, message):
   with pytest.raises(ValueError, match=message):
     dataclasses.replace(lq.get_format("mxint8"), **{field: value})
+
+
+def test_numpy_int_block_size_is_accepted():
+  fmt = dataclasses.replace(lq.get_format("mxint8"), block_size=np.int64(16))
+  assert fmt.block_size == 16
+  assert type(fmt.block_size) is int
 
 
 def test_asymmetric_clip_is_int_only():

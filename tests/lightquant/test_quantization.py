@@ -284,6 +284,20 @@ def test_non_finite_poisons_only_its_block(name, bad):
   np.testing.assert_array_equal(np.isnan(np.asarray(lq.dequantize(qa))), np.isnan(got))
 
 
+@pytest.mark.parametrize("name", ("mxint8", "mxfp4", "nvfp4", "int8_per_channel"))
+def test_nan_in_large_tensor_poisons_block(name):
+  # XLA's vectorized CPU max drops NaN from 4096 elements on, so small
+  # tensors alone would not catch a NaN lost in the block maximum.
+  x = jax.random.normal(jax.random.key(1), (64, 1024)).at[0, 0].set(jnp.nan)
+  g = lq.get_format(name).block_size
+  g = 1024 if g < 0 else g
+  got = np.asarray(_fake_quant(x, name, -1))
+  assert np.all(np.isnan(got[0, :g]))
+  assert np.all(np.isfinite(got[1:]))
+  back = np.asarray(_dequantize(_quantize(x, name, -1)))
+  assert np.all(np.isnan(back[0, :g]))
+
+
 def test_nv_two_level_scale():
   x = _heavy_tailed((8, 64), seed=37)
   for name, qmax in (("nvfp4", 6.0), ("nvint4", 7.0)):
@@ -359,8 +373,12 @@ def test_bf16_asymmetric_clip_biases_blocks():
 
 
 def test_invalid_inputs_raise():
-  with pytest.raises(ValueError, match="invalid axis 2"):
+  with pytest.raises(ValueError, match=r"invalid axis 2 .*\[-2, 2\)"):
     lq.fake_quant(jnp.ones((2, 2)), "mxfp4", axis=2)
+  with pytest.raises(ValueError, match="invalid axis 1.0"):
+    lq.fake_quant(jnp.ones((2, 2)), "mxfp4", axis=1.0)
+  with pytest.raises(ValueError, match="non-empty"):
+    lq.fake_quant(jnp.zeros((0, 32)), "mxint8")
   with pytest.raises(ValueError, match="float dtype"):
     lq.quantize(jnp.ones((2, 2), jnp.int32), "mxfp4")
   with pytest.raises(ValueError, match="unknown format 'mxfp5'"):
