@@ -117,7 +117,7 @@ def _percent(value: float) -> str:
 def _mean_qsnr_section(rows, source, source_text) -> list[str]:
   lines = [f"## Mean QSNR (dB) on {source_text}", ""]
   for rotated, title in ((0, "Without rotation"), (1, "With the random Hadamard rotation")):
-    header = ["format"] + [_block_label(b) for b in BLOCK_SIZES]
+    header = ["format \\ block size"] + [_block_label(b) for b in BLOCK_SIZES]
     body = [[name.upper()] + [_db(mean_qsnr(rows, source, name, b, rotated))
                               for b in BLOCK_SIZES]
             for name in PAPER_FORMATS]
@@ -242,7 +242,9 @@ def build_markdown(rows, source, settings: dict) -> str:
       "- Every tensor is quantized along its last axis. RHT is a "
       f"{settings['hadamard_size']}-point random Hadamard rotation along that "
       f"axis with signs from jax.random.PRNGKey({settings['seed']}).",
-      "- NV formats keep their two-level E4M3 scale at every block size.",
+      "- MX formats use the UE8M0 scale rounded up (the ceil rule) at every block "
+      "size, per-channel included; NV formats keep their two-level E4M3 scale.",
+      "- In qsnr.csv, block_size -1 means per-channel: one scale per row.",
       "- QSNR = -10 log10(||x - x_hat||^2 / ||x||^2) per tensor; means are "
       "taken over tensors in dB.",
       "",

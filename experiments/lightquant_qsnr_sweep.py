@@ -150,6 +150,10 @@ def _build_parser() -> _ArgumentParser:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = _build_parser()
   args = parser.parse_args(argv)
+  if not str(args.out).strip() or args.out == pathlib.Path("."):
+    parser.error(f"invalid --out {str(args.out)!r}: name a results folder such as results/qsnr_sweep")
+  if args.seed < 0:
+    parser.error(f"invalid --seed {args.seed}: expected a non-negative integer")
   if args.out.exists() and not args.out.is_dir():
     parser.error(f"invalid --out {str(args.out)!r}: it exists and is not a folder")
   if args.skip_minilm and args.model_dir is not None:
@@ -261,8 +265,10 @@ def run_sweep(cases: Sequence[TensorCase], signs: jax.Array,
 
   rows = []
   total = len(PAPER_FORMATS) * len(BLOCK_SIZES) * len(rotations) * len(cases)
+  # Redraw at most every 30 s when stderr is a log file, not a terminal.
+  interval = 0.1 if sys.stderr.isatty() else 30.0
   with tqdm(total=total, desc="QSNR sweep", unit="tensor", disable=not progress,
-            file=sys.stderr) as bar:
+            file=sys.stderr, mininterval=interval) as bar:
     for name in PAPER_FORMATS:
       for block_size in BLOCK_SIZES:
         fmt = sweep_format(name, block_size)

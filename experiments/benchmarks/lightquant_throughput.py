@@ -8,7 +8,7 @@ Prints, from one process, medians of interleaved timings:
    4096 x 4096 float32 array divided by that of the elementwise pass
    ``x * 2 + 1`` on the same array (1.0 means as fast as one read and one
    write). Target on CPU: at least 0.5 for the MX formats.
-2. The step time of a small MLP training step (forward, backward, Adam) with
+2. The step time of a small MLP training step (forward, backward, AdamW) with
    MXINT8 in all three GEMMs of every layer, divided by the unquantized step.
    Target: at most 1.5.
 """
@@ -96,8 +96,10 @@ def training_step_ratio(reps: int, width: int = 1024, depth: int = 4, batch: int
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--reps", type=int, default=9, help="timed repetitions per candidate")
+  parser = argparse.ArgumentParser(prog="python -m experiments.benchmarks.lightquant_throughput",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--reps", type=int, default=9,
+                      help="timed repetitions per candidate (default: 9)")
   parser.add_argument("--json", default=None, help="also write the results to this JSON file")
   args = parser.parse_args(argv)
   if args.reps < 1:

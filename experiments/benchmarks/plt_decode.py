@@ -3,9 +3,9 @@
 Run: ``python -m experiments.benchmarks.plt_decode [--steps=100] [--out=DIR]``
 
 All models share one block (the same ModelConfig fields apart from the
-variant and loop count). For each batch size the jitted decode steps of every
-model are timed in alternation after a prefill and a warm-up, and the median
-over `--steps` steps is reported; prefill is excluded. KV bytes come from the
+variant and loop count). For each batch size, the jitted decode steps of every
+model are timed in alternation after a prefill and a warm-up. The table reports
+the median over `--steps` steps, without the prefill. KV bytes come from the
 real decode-state arrays (`plt.kv_cache_bytes`).
 
 Targets on CPU: PLT-2 at most 1.3x the baseline and at most 0.65x the vanilla
@@ -35,7 +35,7 @@ BLOCK = plt.ModelConfig(vocab_size=256, d_model=1024, num_layers=4, num_heads=16
 
 
 def model_configs(loops=(2, 3)) -> dict[str, plt.ModelConfig]:
-  """The compared models: baseline, vanilla loop-L and PLT-L on one block."""
+  """Build the compared models: baseline, vanilla loop-L and PLT-L on one block."""
   configs = {"baseline": dataclasses.replace(BLOCK, variant="baseline", num_loops=1)}
   for n in loops:
     configs[f"loop-{n}"] = dataclasses.replace(BLOCK, variant="loop", num_loops=n)
@@ -81,7 +81,8 @@ def _plot(latency: dict, batches, path: pathlib.Path) -> None:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m experiments.benchmarks.plt_decode",
+                                   description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=100, help="timed decode steps per model")
   parser.add_argument("--batches", default="1,4,16", help="comma-separated batch sizes")
   parser.add_argument("--context", type=int, default=512, help="cache capacity for timing")

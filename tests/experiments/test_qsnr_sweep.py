@@ -147,7 +147,7 @@ def test_results_markdown_uses_minilm(quick_run):
   assert "MXINT8 vs MXFP8" in text
 
 
-@pytest.mark.parametrize("flag", ["--seed=abc", "--bogus=1"])
+@pytest.mark.parametrize("flag", ["--seed=abc", "--bogus=1", "--seed=-1"])
 def test_bad_flag_rejected(tmp_path, capsys, flag):
   with pytest.raises(SystemExit) as raised:
     sweep.main([f"--out={tmp_path}", "--skip_minilm", flag])
@@ -164,6 +164,14 @@ def test_missing_model_dir_rejected(tmp_path, capsys):
   message = capsys.readouterr().err
   assert "model.safetensors" in message
   assert len(message.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_out_current_folder_rejected(out, capsys):
+  with pytest.raises(SystemExit) as raised:
+    sweep.main([f"--out={out}", "--skip_minilm"])
+  assert raised.value.code == 2
+  assert "invalid --out" in capsys.readouterr().err
 
 
 def test_out_file_rejected(tmp_path):
