@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from plt import attention
 from plt import config as config_lib
@@ -21,14 +22,29 @@ from plt import kv_cache
 from plt import model
 
 
+def _concrete(x):
+  """x as a NumPy array, or None while x is traced under jit."""
+  return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+
+
 def _check_prompt(tokens, max_len, prompt_lengths):
+  """Validate right-padded prompts; return the [B] int32 prompt lengths."""
   if tokens.ndim != 2:
     raise ValueError(f"invalid tokens shape {tokens.shape}; expected [batch, length]")
-  if tokens.shape[1] > max_len:
-    raise ValueError(f"prompt length {tokens.shape[1]} exceeds max_len {max_len}")
+  b, p = tokens.shape
+  if p < 1:
+    raise ValueError(f"invalid tokens shape {tokens.shape}; the prompt needs at least one token")
+  if not isinstance(max_len, (int, np.integer)) or p > max_len:
+    raise ValueError(f"invalid max_len {max_len!r}; expected an int >= the prompt length {p}")
   if prompt_lengths is None:
-    return jnp.full((tokens.shape[0],), tokens.shape[1], jnp.int32)
-  return jnp.asarray(prompt_lengths, jnp.int32)
+    return jnp.full((b,), p, jnp.int32)
+  lengths = jnp.asarray(prompt_lengths, jnp.int32)
+  if lengths.shape != (b,):
+    raise ValueError(f"invalid prompt_lengths shape {lengths.shape}; expected ({b},)")
+  values = _concrete(lengths)
+  if values is not None and (values.min() < 1 or values.max() > p):
+    raise ValueError(f"invalid prompt_lengths {values.tolist()}; each must be in [1, {p}]")
+  return lengths
 
 
 def prefill(params, tokens, config: config_lib.ModelConfig, max_len: int,
@@ -46,8 +62,13 @@ def prefill(params, tokens, config: config_lib.ModelConfig, max_len: int,
   Returns:
     (logits [B, P, V] of every prompt position, `kv_cache.DecodeState`).
   """
+  lengths = _check_prompt(jnp.asarray(tokens), max_len, prompt_lengths)
+  return _prefill_jit(params, tokens, config, max_len, lengths, dot_general)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len", "dot_general"))
+def _prefill_jit(params, tokens, config, max_len, lengths, dot_general):
   c = config
-  lengths = _check_prompt(tokens, max_len, prompt_lengths)
   b, p = tokens.shape
   logits, outputs = model.forward_with_outputs(params, tokens, c, dot_general=dot_general)
   state = kv_cache.init_decode_state(c, b, max_len)
@@ -60,7 +81,7 @@ def prefill(params, tokens, config: config_lib.ModelConfig, max_len: int,
   state = state.replace(keys=keys, values=values, pos=lengths)
 
   if c.has_local_branch:
-    # Slot s of a ring holds the latest prompt position j < length with
+    # Slot s of a ring contains the latest prompt position j < length with
     # j = s (mod W); earlier slots stay empty (-1).
     w = state.local_pos.shape[1]
     slots = jnp.arange(w)
@@ -84,7 +105,7 @@ def _write_rows(cache, layer, rows, slot, new):
 
 
 def _plt_step(params, tokens, state, config, dot_general):
-  """One pass of the block stack over B x L rows (L = 1 for the baseline)."""
+  """Run the block stack once over B x L rows (L = 1 for the baseline)."""
   c = config
   num_rows = c.num_loops if c.uses_clp else 1
   b = tokens.shape[0]
@@ -199,7 +220,26 @@ def decode_step(params, tokens, state: kv_cache.DecodeState, config: config_lib.
 
   Returns:
     (logits [B, V] float32 predicting the following token, new state).
+
+  Raises:
+    ValueError: for tokens not of shape [B], or (outside jit) when a row has
+      reached max_len. NOTE: under jit a full state is not detected, and the
+      writes of positions >= max_len are dropped.
   """
+  tokens = jnp.asarray(tokens)
+  if tokens.shape != state.pos.shape:
+    raise ValueError(
+        f"invalid tokens shape {tokens.shape}; expected one token per row, {state.pos.shape}")
+  positions = _concrete(state.pos)
+  capacity = state.keys.shape[3]
+  if positions is not None and positions.max() >= capacity:
+    raise ValueError(
+        f"the decode state is full: position {positions.max()} >= max_len {capacity}; "
+        "prefill with a larger max_len")
+  return _decode_step_eager_jit(params, tokens, state, config, dot_general)
+
+
+def _decode_step_impl(params, tokens, state, config, dot_general=None):
   dot_general = jax.lax.dot_general if dot_general is None else dot_general
   if config.variant == "loop":
     return _loop_step(params, tokens, state, config, dot_general)
@@ -217,35 +257,70 @@ def sample(logits, key, temperature, top_k: int = 0):
   return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "max_len", "top_k",
-                                             "dot_general"))
 def generate(params, prompt, config: config_lib.ModelConfig, key, max_new_tokens: int,
              temperature=1.0, top_k: int = 0, prompt_lengths=None, max_len: int | None = None,
              dot_general=None):
   """Prefill the prompts, then sample `max_new_tokens` tokens per row.
 
-  The decoding loop is a `lax.scan` over steps; the key of step i is
-  ``fold_in(key, i)``, split once more per row.
+  Jitted once per static configuration. The decoding loop is a `lax.scan`
+  over steps; the key of step i is ``fold_in(key, i)``, split once more per
+  row. Temperature 0 is greedy decoding; `top_k` > 0 keeps the k most likely
+  tokens.
+
+  Args:
+    params: model parameters.
+    prompt: [B, P] right-padded prompts.
+    config: the model configuration.
+    key: PRNG key.
+    max_new_tokens: tokens to generate per row.
+    temperature: softmax temperature.
+    top_k: 0 for no top-k filter.
+    prompt_lengths: optional [B] real prompt lengths.
+    max_len: cache capacity; default P + max_new_tokens.
+    dot_general: the projections' dot_general.
 
   Returns:
     [B, max_new_tokens] int32 tokens.
   """
+  prompt = jnp.asarray(prompt)
+  if prompt.ndim != 2:
+    raise ValueError(f"invalid prompt shape {prompt.shape}; expected [batch, length]")
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    raise ValueError(f"invalid max_new_tokens {max_new_tokens!r}; expected a positive int")
+  if not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= config.vocab_size:
+    raise ValueError(f"invalid top_k {top_k!r}; expected an int in [0, {config.vocab_size}]")
   b, p = prompt.shape
   max_len = p + max_new_tokens if max_len is None else max_len
   lengths = _check_prompt(prompt, max_len, prompt_lengths)
-  logits, state = prefill(params, prompt, config, max_len, lengths, dot_general)
+  lengths_now = _concrete(lengths)
+  needed = (int(lengths_now.max()) if lengths_now is not None else p) + max_new_tokens
+  if needed > max_len:
+    raise ValueError(f"invalid max_len {max_len}; prompt plus max_new_tokens needs {needed}")
+  return _generate_jit(params, prompt, config, key, int(max_new_tokens), temperature,
+                       int(top_k), lengths, int(max_len), dot_general)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "max_len", "top_k",
+                                             "dot_general"))
+def _generate_jit(params, prompt, config, key, max_new_tokens, temperature, top_k, lengths,
+                  max_len, dot_general):
+  b = prompt.shape[0]
+  logits, state = _prefill_jit(params, prompt, config, max_len, lengths, dot_general)
   last = logits[jnp.arange(b), lengths - 1]
 
   def step(carry, i):
     state, last = carry
     token = sample(last, jax.random.fold_in(key, i), temperature, top_k)
-    last, state = decode_step(params, token, state, config, dot_general)
+    last, state = _decode_step_impl(params, token, state, config, dot_general)
     return (state, last), token
 
   _, tokens = jax.lax.scan(step, (state, last), jnp.arange(max_new_tokens))
   return tokens.T
 
 
+# Eager decode_step calls compile once per static configuration.
+_decode_step_eager_jit = jax.jit(_decode_step_impl, static_argnames=("config", "dot_general"))
+
 # A jitted step that donates the decode state, so the caches update in place.
-decode_step_jit = jax.jit(decode_step, static_argnames=("config", "dot_general"),
+decode_step_jit = jax.jit(_decode_step_impl, static_argnames=("config", "dot_general"),
                           donate_argnames=("state",))

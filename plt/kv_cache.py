@@ -1,8 +1,8 @@
 """The explicit decode state: full KV caches, local ring buffers and CLP carries.
 
-Axis letters: C full caches per layer (1 when loop 1's cache is shared or the
-model is not looped, else L), N layers, B batch, S max length, W ring size,
-G key/value heads, K head dim, D model width. Positions are 0-based.
+Axis letters: C full caches per layer, N layers, B batch, S max length, W ring
+size, G key/value heads, K head dim, D model width. C is 1 when loop 1's cache
+is shared or the model is not looped, else L. Positions are 0-based.
 """
 
 import flax.struct
@@ -21,7 +21,7 @@ class DecodeState:
     keys: [C, N, B, S, G, K] full-length key caches (post-RoPE).
     values: [C, N, B, S, G, K].
     local_keys: [L-1, N, B, W, G, K] ring buffers of loops >= 2, or None.
-      Slot ``p mod W`` holds position p.
+      Slot ``p mod W`` contains position p.
     local_values: same shape as local_keys, or None.
     local_pos: [B, W] int32 position held by each ring slot, -1 when empty.
     carry: [L-1, B, D] CLP carries: row l >= 2 of the next step reads
@@ -44,7 +44,7 @@ def ring_size(config: config_lib.ModelConfig, max_len: int) -> int:
 
 
 def init_decode_state(config: config_lib.ModelConfig, batch: int, max_len: int) -> DecodeState:
-  """An empty decode state for `batch` rows of up to `max_len` tokens."""
+  """Create an empty decode state for `batch` rows of up to `max_len` tokens."""
   if max_len < 1:
     raise ValueError(f"invalid max_len {max_len}; expected a positive int")
   c = config

@@ -229,5 +229,16 @@ def forward(params: Params, tokens: jax.Array, config: config_lib.ModelConfig,
     dot_general: replaces `jax.lax.dot_general` in every projection (for
       example a quantized one from lightquant); the LM head stays float32.
   """
-  logits, _ = forward_with_outputs(params, tokens, config, segment_ids, dot_general)
+  tokens = jnp.asarray(tokens)
+  if tokens.ndim != 2 or tokens.shape[1] < 1:
+    raise ValueError(f"invalid tokens shape {tokens.shape}; expected [batch, length >= 1]")
+  if segment_ids is not None and jnp.shape(segment_ids) != tokens.shape:
+    raise ValueError(
+        f"invalid segment_ids shape {jnp.shape(segment_ids)}; expected {tokens.shape}")
+  logits, _ = _forward_jit(params, tokens, config, segment_ids, dot_general)
   return logits
+
+
+# Eager calls compile once per (config, dot_general, shapes); under an outer
+# jit this inlines.
+_forward_jit = jax.jit(forward_with_outputs, static_argnames=("config", "dot_general"))
