@@ -70,7 +70,8 @@ def kv_cache_bytes(config: config_lib.ModelConfig, batch: int, max_len: int) -> 
   Computed from the shapes of the real decode-state arrays. Carries and
   positions are not keys or values and are not counted. For PLT with a shared
   cache this is ``baseline * (1 + (L-1) * w / max_len)``; for the vanilla loop
-  it is ``L * baseline``.
+  it is ``L * baseline``. A window longer than max_len is capped at max_len,
+  so then PLT also costs ``L * baseline``.
   """
   shapes = jax.eval_shape(lambda: init_decode_state(config, batch, max_len))
   arrays = [shapes.keys, shapes.values, shapes.local_keys, shapes.local_values]
