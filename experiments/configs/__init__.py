@@ -1,0 +1,1 @@
+"""Experiment configs: one file per paper table or figure, each with get_config(arg)."""
