@@ -160,9 +160,14 @@ def evaluate(params, exp: Experiment, eval_step, config, mesh) -> dict[str, floa
   return {"eval/loss": loss, "eval/bits_per_byte": loss / np.log(2)}
 
 
+class RunResult(NamedTuple):
+  metrics: dict[str, float]  # the last logged metrics
+  params: Any  # the final parameters
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-        exp: Experiment | None = None) -> dict[str, float]:
-  """Train (or resume) the run in `workdir`; return the last metrics."""
+        exp: Experiment | None = None) -> RunResult:
+  """Train (or resume) the run in `workdir`; return its last metrics and params."""
   exp = build(config) if exp is None else exp
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -230,4 +235,4 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   checkpointer.close()
   if tensorboard is not None:
     tensorboard.close()
-  return last
+  return RunResult(last, state.params)

@@ -112,3 +112,29 @@ def test_four_fake_devices_match_one(full_run, tmp_path):
   for sharded, single in zip(_metrics(workdir), _metrics(full_run[0])):
     assert sharded["train/loss"] == pytest.approx(single["train/loss"], abs=1e-5)
     assert sharded["eval/loss"] == pytest.approx(single["eval/loss"], abs=1e-5)
+
+
+def test_table_experiment_smoke(tmp_path):
+  workdir = tmp_path / "table"
+  command = [sys.executable, "-m", "experiments.main",
+             "--config=experiments/configs/plt_table.py:smoke", f"--workdir={workdir}",
+             "--config.arms=baseline,loop2,plt2"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads((workdir / "rows.json").read_text())
+  assert list(rows) == ["baseline", "loop2", "plt2"]
+  assert rows["loop2"]["kv_bytes"] == 2 * rows["baseline"]["kv_bytes"]
+  # PLT-2 keeps loop 1's cache plus one window-8 ring: 1 + 8/32 of the baseline.
+  assert rows["plt2"]["kv_bytes"] == rows["baseline"]["kv_bytes"] * (1 + 8 / 32)
+  text = (workdir / "results.md").read_text()
+  assert "| plt2 | 1 |" in text
+  assert (workdir / "eval_loss.png").is_file()
+
+
+def test_table_rejects_unknown_arm(tmp_path):
+  command = [sys.executable, "-m", "experiments.main",
+             "--config=experiments/configs/plt_table.py:smoke", f"--workdir={tmp_path}",
+             "--config.arms=baseline,plt9"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2
+  assert "invalid arm 'plt9'" in result.stderr
