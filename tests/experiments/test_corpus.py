@@ -65,8 +65,8 @@ def test_bad_inputs_raise(tmp_path):
     corpus.user_files([tmp_path])
   with pytest.raises(ValueError, match="too few"):
     corpus.PackedSequences(np.arange(3), np.zeros(3, np.int32), 8)
-  with pytest.raises(ValueError, match="invalid batch_size 9"):
-    corpus.BatchIterator(_packed(seq_len=1), 9, seed=0)
+  with pytest.raises(ValueError, match="invalid batch_size 11"):
+    corpus.BatchIterator(_packed(seq_len=1), 11, seed=0)  # 10 sequences
 
 
 def test_user_files_from_folder(tmp_path):
