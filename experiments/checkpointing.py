@@ -1,9 +1,10 @@
 """Orbax checkpoints of the training state and the data-iterator position.
 
-Resume order: (1) build the abstract train state with `jax.eval_shape` and
-its shardings, (2) restore the newest checkpoint into those shardings,
-(3) restore the data-iterator step and the metrics that belong to it, (4) drop
-metric lines logged after that step, then continue the loop at step + 1.
+Resume order:
+1. Build the abstract train state with `jax.eval_shape` and its shardings.
+2. Restore the newest checkpoint into those shardings.
+3. Restore the data-iterator step and the metrics that belong to it.
+4. Drop metric lines logged after that step, then continue at step + 1.
 """
 
 import pathlib

@@ -1,9 +1,9 @@
 """Metrics in workdir/metrics.jsonl, one JSON object per logged step.
 
 Lines are appended with a single write each and flushed, so a killed run
-leaves at most one incomplete last line; `MetricsLog.truncate` drops it, and
-every line logged after the checkpoint a resumed run starts from, by
-rewriting the file atomically.
+leaves at most one incomplete last line. On resume, `MetricsLog.truncate`
+rewrites the file atomically without that line and without every line logged
+after the checkpoint the run restarts from.
 """
 
 import json
@@ -28,7 +28,7 @@ class MetricsLog:
     self.path = pathlib.Path(path)
 
   def read(self) -> list[dict]:
-    """All complete lines as dicts (a truncated last line is skipped)."""
+    """Read all complete lines as dicts (a truncated last line is skipped)."""
     if not self.path.exists():
       return []
     rows = []

@@ -20,7 +20,7 @@ from experiments import train
 
 
 def arm_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The arms to run, validated against config.arm_settings."""
+  """Return the arms to run, validated against config.arm_settings."""
   names = [a.strip() for a in config.arms.split(",") if a.strip()]
   known = list(config.arm_settings.keys())
   for name in names:
@@ -42,7 +42,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def arm_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.ConfigDict:
-  """The config of one arm: the shared settings with the arm's changes applied."""
+  """Build one arm's config: the shared settings with the arm's changes applied."""
   arm_cfg = copy.deepcopy(config)
   arm_cfg.unlock()
   for key, value in _flatten(config.arm_settings[arm].to_dict()).items():
@@ -76,7 +76,7 @@ def decode_latency_ms(model: plt.ModelConfig, params, context: int, steps: int =
 
 
 def seed_list(config: ml_collections.ConfigDict) -> list[int]:
-  """The seeds every arm runs with (config.seeds, comma-separated)."""
+  """Parse the seeds every arm runs with (config.seeds, comma-separated)."""
   try:
     seeds = [int(s) for s in config.seeds.split(",") if s.strip()]
   except ValueError:

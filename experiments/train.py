@@ -1,10 +1,10 @@
 """The shared training loop of every language-model experiment.
 
 Order of work: build and validate everything the config names (model, formats,
-data, mesh) before touching devices; create the train state from
-`jax.eval_shape` and its shardings; restore the newest checkpoint if any; then
-loop with one jitted, donated step, logging, evaluating and checkpointing at
-the configured intervals.
+data, mesh) before touching devices. Then create the train state from
+`jax.eval_shape` and its shardings, and restore the newest checkpoint if any.
+Last, loop with one jitted, donated step, logging, evaluating and
+checkpointing at the configured intervals.
 """
 
 import dataclasses
@@ -48,7 +48,7 @@ class Experiment:
 
 
 def build_model_config(config: ml_collections.ConfigDict) -> plt.ModelConfig:
-  """The plt.ModelConfig of config.model; invalid values raise ValueError."""
+  """Build the plt.ModelConfig of config.model; invalid values raise ValueError."""
   model = plt.ModelConfig(**config.model.to_dict())
   if model.window > config.data.seq_len and model.has_local_branch:
     raise ValueError(

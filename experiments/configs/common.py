@@ -46,7 +46,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.gswa = "gated"  # "gated", "fixed_half" or "none"
   c.gate_input = "hidden"  # "hidden" or "query"
   c.window = 64  # G-SWA local window
-  c.global_inclusive = True  # global branch sees the query's own position
+  c.global_inclusive = True  # global branch includes the query's own position
   c.reset_on_doc_start = True  # zero CLP carry at document starts
   c.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
   c.update(overrides)

@@ -22,7 +22,7 @@ _EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", 
 
 
 def stdlib_files(root: str | os.PathLike | None = None) -> list[pathlib.Path]:
-  """The .py files of the running interpreter's standard library, sorted.
+  """List the .py files of the running interpreter's standard library, sorted.
 
   Args:
     root: the library folder; default ``sysconfig.get_paths()["stdlib"]``.
