@@ -245,7 +245,7 @@ def tokenize(sentences, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
     padding, as from the Hugging Face tokenizer with ``padding=True``.
 
   Raises:
-    TypeError: if `sentences` is a single str or holds a non-str item.
+    TypeError: if `sentences` is a single str or contains a non-str item.
     ValueError: if `sentences` is empty.
     FileNotFoundError: as `load_tokenizer`, when `tokenizer` is None.
   """

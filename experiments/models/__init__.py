@@ -1,0 +1,1 @@
+"""Pretrained models rebuilt in pure JAX, for the real-model studies."""
