@@ -49,7 +49,11 @@ def main(argv):
   except (ValueError, FileNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-  runner.run(experiment, _CONFIG.value, _WORKDIR.value)
+  try:
+    runner.run(experiment, _CONFIG.value, _WORKDIR.value)
+  except FloatingPointError as error:
+    print(f"error: training stopped: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -207,31 +207,33 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 
   bar = tqdm(total=config.train.steps, initial=start_step, desc="train", unit="step",
              disable=not is_main, mininterval=1.0)
-  tick = time.perf_counter()
-  for step in range(start_step + 1, config.train.steps + 1):
-    batch = sharding.shard_batch(iterator.next(), mesh)
-    state, step_metrics = train_step(state, batch)
-    loss = float(step_metrics["train/loss"])
-    if not np.isfinite(loss):
-      raise FloatingPointError(
-          f"non-finite loss {loss} at step {step}; last finite metrics: {last}")
-    if step % config.train.log_every == 0 or step == config.train.steps:
-      values = {k: float(v) for k, v in step_metrics.items()}
-      elapsed = time.perf_counter() - tick
-      values["train/tokens_per_second"] = tokens_per_step * config.train.log_every / max(elapsed, 1e-9)
-      tick = time.perf_counter()
-      if step % config.train.eval_every == 0 or step == config.train.steps:
-        values.update(evaluate(state.params, exp, eval_step, config, mesh))
-      last = {k: v for k, v in values.items() if k != "train/tokens_per_second"}
-      if is_main:
-        log.write(step, values)
-        tensorboard.write(step, values)
-      bar.set_postfix(loss=f"{values['train/loss']:.3f}",
-                      tok_s=f"{values['train/tokens_per_second']:.0f}")
-    bar.update(1)
-    if step % config.train.checkpoint_every == 0 or step == config.train.steps:
-      checkpointer.save(step, state, {"data_step": iterator.step, "last_metrics": last})
-  bar.close()
+  try:
+    tick = time.perf_counter()
+    for step in range(start_step + 1, config.train.steps + 1):
+      batch = sharding.shard_batch(iterator.next(), mesh)
+      state, step_metrics = train_step(state, batch)
+      loss = float(step_metrics["train/loss"])
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss {loss} at step {step}; last finite metrics: {last}")
+      if step % config.train.log_every == 0 or step == config.train.steps:
+        values = {k: float(v) for k, v in step_metrics.items()}
+        elapsed = time.perf_counter() - tick
+        values["train/tokens_per_second"] = tokens_per_step * config.train.log_every / max(elapsed, 1e-9)
+        tick = time.perf_counter()
+        if step % config.train.eval_every == 0 or step == config.train.steps:
+          values.update(evaluate(state.params, exp, eval_step, config, mesh))
+        last = {k: v for k, v in values.items() if k != "train/tokens_per_second"}
+        if is_main:
+          log.write(step, values)
+          tensorboard.write(step, values)
+        bar.set_postfix(loss=f"{values['train/loss']:.3f}",
+                        tok_s=f"{values['train/tokens_per_second']:.0f}")
+      bar.update(1)
+      if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+        checkpointer.save(step, state, {"data_step": iterator.step, "last_metrics": last})
+  finally:
+    bar.close()
   checkpointer.close()
   if tensorboard is not None:
     tensorboard.close()

@@ -138,3 +138,16 @@ def test_table_rejects_unknown_arm(tmp_path):
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 2
   assert "invalid arm 'plt9'" in result.stderr
+
+
+def test_non_finite_loss_stops_the_run(tmp_path):
+  workdir = tmp_path / "diverge"
+  command = [sys.executable, "-m", "experiments.main", f"--config={CONFIG}",
+             f"--workdir={workdir}", "--config.train.steps=40", "--config.train.warmup_steps=1",
+             "--config.train.learning_rate=1e30", "--config.train.grad_clip=1e30"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stderr[-2000:]
+  message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(message) == 1, result.stderr[-2000:]
+  assert "non-finite loss" in message[0]
+  assert "at step" in message[0]
