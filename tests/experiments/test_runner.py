@@ -49,6 +49,7 @@ def test_run_writes_outputs(full_run):
   for name in ("config.json", "metrics.jsonl", "results.md", "loss.png", "run_info.json"):
     assert (workdir / name).is_file(), name
   assert "results.md" in result.stdout
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   rows = _metrics(workdir)
   assert [r["step"] for r in rows] == list(range(1, 13))
   for key in ("train/loss", "train/grad_norm", "train/param_norm", "train/update_norm",
