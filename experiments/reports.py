@@ -55,7 +55,7 @@ def write_table_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
       f"# {config.title}",
       "",
       f"{config.train.steps} steps of {config.train.batch_size} x {config.data.seq_len} byte "
-      f"tokens per arm, seed {config.seed}. Decode latency: median jitted step at batch 1 "
+      f"tokens per arm, seeds {config.seeds}. Decode latency: median jitted step at batch 1 "
       f"with a {config.data.seq_len}-token cache (prefill excluded). KV bytes at context "
       f"{config.data.seq_len}, relative to the {config.reference_arm} arm.",
       "",
