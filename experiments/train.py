@@ -89,8 +89,19 @@ def build_data(data: ml_collections.ConfigDict, seed: int):
     raise ValueError(f"the {len(files)} documents give an empty train or eval split; "
                      "add files or change data.eval_percent")
 
+  if data.tokenizer == "bytes":
+    def tokenize(texts):
+      return [corpus.byte_tokens(t) for t in texts]
+  elif data.tokenizer == "minilm":
+    wordpiece = corpus.wordpiece_tokenizer()
+
+    def tokenize(texts):
+      return corpus.wordpiece_tokens(texts, wordpiece)
+  else:
+    raise ValueError(f"invalid data.tokenizer {data.tokenizer!r}; valid values: 'bytes', 'minilm'")
+
   def pack(paths):
-    tokens, doc_ids = corpus.token_stream(corpus.byte_tokens(p.read_bytes()) for p in paths)
+    tokens, doc_ids = corpus.token_stream(tokenize([p.read_bytes() for p in paths]))
     return corpus.PackedSequences(tokens, doc_ids, data.seq_len)
 
   return pack(split[False]), pack(split[True])
@@ -99,8 +110,10 @@ def build_data(data: ml_collections.ConfigDict, seed: int):
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Validate the config and build the experiment; raises ValueError on bad values."""
   model = build_model_config(config)
-  if model.vocab_size < corpus.BYTE_VOCAB_SIZE:
-    raise ValueError(f"invalid model.vocab_size {model.vocab_size}; byte tokens need >= 256")
+  needed = corpus.WORDPIECE_VOCAB_SIZE if config.data.tokenizer == "minilm" else corpus.BYTE_VOCAB_SIZE
+  if model.vocab_size < needed:
+    raise ValueError(f"invalid model.vocab_size {model.vocab_size}; data.tokenizer "
+                     f"{config.data.tokenizer!r} needs at least {needed}")
   for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                "eval_batches"):
     if config.train[name] < 1:

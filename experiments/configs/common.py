@@ -19,6 +19,7 @@ def data_config(seq_len: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.source = "stdlib"  # "stdlib" (this interpreter's library) or "files"
   c.paths = ""  # comma-separated text files or folders, for source="files"
+  c.tokenizer = "bytes"  # "bytes" (vocabulary 256) or "minilm" (WordPiece, 30522)
   c.seq_len = seq_len  # tokens per training sequence
   c.eval_percent = 5.0  # share of documents held out for evaluation, in percent
   return c

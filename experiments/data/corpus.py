@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 BYTE_VOCAB_SIZE = 256
+WORDPIECE_VOCAB_SIZE = 30522  # all-MiniLM-L6-v2's vocab.txt
 # Folders of the standard library left out of the default corpus: installed
 # third-party packages, the interpreter's own test suite and caches.
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
@@ -62,6 +63,23 @@ def is_eval_document(name: str, eval_percent: float, seed: int = 0) -> bool:
 def byte_tokens(text: bytes) -> np.ndarray:
   """Byte-level token ids (uint8 values as int32)."""
   return np.frombuffer(text, np.uint8).astype(np.int32)
+
+
+def wordpiece_tokenizer(model_dir=None):
+  """The MiniLM WordPiece tokenizer without truncation or padding."""
+  from experiments.data import minilm  # pylint: disable=g-import-not-at-top
+
+  tokenizer = minilm.load_tokenizer(model_dir)
+  tokenizer.no_truncation()
+  tokenizer.no_padding()
+  return tokenizer
+
+
+def wordpiece_tokens(texts: Sequence[bytes], tokenizer) -> list[np.ndarray]:
+  """WordPiece ids of each text (UTF-8, invalid bytes replaced), no [CLS]/[SEP]."""
+  decoded = [t.decode("utf-8", errors="replace") for t in texts]
+  encodings = tokenizer.encode_batch(decoded, add_special_tokens=False)
+  return [np.asarray(e.ids, np.int32) for e in encodings]
 
 
 def token_stream(documents: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -76,3 +76,17 @@ def test_user_files_from_folder(tmp_path):
   (tmp_path / "skip.bin").write_bytes(b"\x00")
   files = corpus.user_files([tmp_path])
   assert [f.name for f in files] == ["a.txt", "b.md"]
+
+
+def test_wordpiece_tokens_of_text(tmp_path):
+  pytest.importorskip("tokenizers")
+  try:
+    tokenizer = corpus.wordpiece_tokenizer()
+  except FileNotFoundError as error:
+    pytest.skip(f"MiniLM files not installed: {error}")
+  ids = corpus.wordpiece_tokens([b"hello world", b"caf\xc3\xa9 \xff"], tokenizer)
+  assert len(ids) == 2
+  assert ids[0].tolist() == tokenizer.encode("hello world", add_special_tokens=False).ids
+  assert all(0 <= i < corpus.WORDPIECE_VOCAB_SIZE for row in ids for i in row.tolist())
+  # The invalid byte decodes to U+FFFD instead of failing.
+  assert ids[1].tolist() == tokenizer.encode("caf\u00e9 \ufffd", add_special_tokens=False).ids
