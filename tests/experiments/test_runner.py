@@ -70,6 +70,8 @@ def test_rerun_of_finished_run_changes_nothing(full_run, tmp_path):
     ("--config.model.num_loops=0", "invalid num_loops 0"),
     ("--config.quant.format=mxint8 --config.quant.block_size=0", "invalid block_size 0"),
     ("--config.quant.format=mxfp5", "unknown format 'mxfp5'"),
+    ("--config.data.tokenizer=words", "invalid data.tokenizer 'words'"),
+    ("--config.data.tokenizer=minilm", "needs at least 30522"),
     ("--config.model.variant=plt --config.model.num_loops=2 --config.model.window=64",
      "invalid model.window 64"),
 ])
