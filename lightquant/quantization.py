@@ -135,7 +135,16 @@ def _quantize_blocks(xb: jax.Array, fmt: formats.Format, block_axis: int) -> _Bl
 
   scale_exp = scale = scale_code = tensor_scale = None
   if fmt.is_pow2_scale:
-    e = numerics.scale_exponent(amax, qmax, fmt.elem.emax, fmt.scale_rule)
+    if bf16 and fmt.scale_rule != "ocp":
+      # PyTorch on a BF16 tensor rounds amax / qmax and its log2 to BF16
+      # before ceil/floor/round. A log2 just above an integer rounds down to
+      # it, which picks a scale one power of two too small.
+      ratio = numerics.round_to_bf16(numerics.divide_by_constant(amax, qmax))
+      log2 = numerics.round_to_bf16(jnp.log2(jnp.where(zero_block, 1.0, ratio)))
+      integer = {"ceil": jnp.ceil, "floor": jnp.floor, "round": jnp.round}[fmt.scale_rule]
+      e = integer(log2).astype(jnp.int32)
+    else:
+      e = numerics.scale_exponent(amax, qmax, fmt.elem.emax, fmt.scale_rule)
     e = jnp.where(zero_block, -127, jnp.clip(e, -127, 127))
     # One factor suffices: qmax >= 6 keeps e <= 126, so 2^-e is normal.
     y = arith(xb * numerics.pow2(-e))

@@ -35,9 +35,11 @@ def _arms() -> dict:
     for column, (scale, clip) in enumerate(
         (("bf16", "asymmetric"), ("bf16", "symmetric"), ("ue8m0", "asymmetric"),
          ("ue8m0", "symmetric"))):
+      # Both scale kinds are computed in BF16 arithmetic, as the paper's
+      # PyTorch training did; the UE8M0 exponent then comes from the
+      # BF16-rounded amax / 127.
       quant = {"format": "mxint8", "block_size": block, "clip": clip,
-               "scale_rule": "fp32" if scale == "bf16" else "ceil",
-               "scale_arith": "bf16" if scale == "bf16" else "fp32"}
+               "scale_rule": "fp32" if scale == "bf16" else "ceil", "scale_arith": "bf16"}
       name = f"{scale}_{'asym' if clip == 'asymmetric' else 'sym'}_{label}"
       arms[name] = (quant, f"paper loss {losses[column]}")
   return arms

@@ -359,6 +359,21 @@ def test_bf16_pitfall_algorithm_1():
   assert np.mean(codes32[negative] == -128) == 0
 
 
+def test_bf16_ue8m0_scale_reaches_min_code_rarely():
+  # With the exponent from bf16(log2(bf16(amax / 127))), a block max just
+  # above 127 * 2^k gets scale 2^k and rounds to +-128; in float32 it never
+  # does.
+  x = jax.random.normal(jax.random.key(2), (2048, 1024), jnp.float32)
+  emulated = _fmt("mxint8", clip="asymmetric", scale_arith="bf16")
+  exact = _fmt("mxint8", clip="asymmetric")
+  share = float(np.mean(np.asarray(_quantize(x, emulated, -1).codes) == -128))
+  assert 1e-5 < share < 1e-3, share
+  assert int(np.min(np.asarray(_quantize(x, exact, -1).codes))) > -128
+  # log2(bf16(1.99375 / 127)) = -5.989 rounds to -6 in BF16, so s = 2^-6.
+  block = jnp.zeros(32).at[0].set(-127.6 / 64).at[1].set(0.5)
+  assert int(lq.quantize(block, emulated).codes[0]) == -128
+
+
 def test_bf16_asymmetric_clip_biases_blocks():
   x = jax.random.normal(jax.random.key(1), (1024, 1024), jnp.float32)
   rms = float(jnp.sqrt(jnp.mean(x * x)))
