@@ -49,7 +49,7 @@ def write_lm_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
 
 def write_table_report(workdir: pathlib.Path, config: ml_collections.ConfigDict,
                        rows: dict[str, dict]) -> None:
-  """results.md with one row per arm next to the paper's direction, and a bar plot."""
+  """Write results.md (one row per arm beside the paper's direction) and a bar plot."""
   base = rows.get(config.reference_arm)
   lines = [
       f"# {config.title}",

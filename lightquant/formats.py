@@ -127,10 +127,10 @@ class Format:
     clip: INT range, "symmetric" [-Q, Q] or "asymmetric" [-Q-1, Q]. The
       asymmetric range exists to reproduce the paper's clipping ablation.
     rounding: element rounding, "half_even" (RNE) or "half_away".
-    scale_arith: "fp32", or "bf16" to emulate a PyTorch BF16 tensor: the input,
-      the high-precision scale and ``x / s`` are each rounded to bfloat16, and
-      the ceil, floor and round exponents come from ``log2(amax / qmax)``
-      with the ratio and the log2 each rounded to BF16.
+    scale_arith: "fp32", or "bf16" to emulate a PyTorch BF16 tensor. Then the
+      input, the high-precision scale and ``x / s`` are each rounded to
+      bfloat16. The ceil, floor and round exponents come from
+      ``log2(amax / qmax)`` with the ratio and the log2 each rounded to BF16.
   """
 
   name: str

@@ -35,7 +35,7 @@ def random_signs(key: jax.Array, h: int) -> jax.Array:
 
 
 def rotation_matrix(signs: jax.Array) -> jax.Array:
-  """The orthogonal matrix ``R = diag(signs) H / sqrt(h)``."""
+  """Build the orthogonal matrix ``R = diag(signs) H / sqrt(h)``."""
   h = signs.shape[0]
   return signs[:, None] * jnp.asarray(hadamard_matrix(h)) / np.sqrt(h).astype(np.float32)
 

@@ -61,7 +61,7 @@ class ModelConfig:
       only); needs kv_share, and must be "none" without it.
     gate_input: gate logits from the layer input ("hidden", after its own
       RMSNorm) or from each head's post-RoPE query ("query").
-    window: local window w; query i sees local keys i-w+1..i.
+    window: local window w; query i attends to local keys i-w+1..i.
     global_inclusive: the global branch of loops >= 2 sees loop 1's key at the
       query's own position.
     reset_on_doc_start: zero the CLP carry at document starts of packed rows.

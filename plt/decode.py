@@ -85,13 +85,13 @@ def _prefill_jit(params, tokens, config, max_len, lengths, dot_general):
     # j = s (mod W); earlier slots stay empty (-1).
     w = state.local_pos.shape[1]
     slots = jnp.arange(w)
-    held = lengths[:, None] - 1 - jnp.mod(lengths[:, None] - 1 - slots, w)  # [B, W]
-    source = jnp.clip(held, 0, p - 1)
+    slot_pos = lengths[:, None] - 1 - jnp.mod(lengths[:, None] - 1 - slots, w)  # [B, W]
+    source = jnp.clip(slot_pos, 0, p - 1)
     local_keys = outputs.keys[1:][:, :, rows[:, None], source]  # [L-1, N, B, W, G, K]
     local_values = outputs.values[1:][:, :, rows[:, None], source]
     state = state.replace(local_keys=local_keys.astype(state.local_keys.dtype),
                           local_values=local_values.astype(state.local_values.dtype),
-                          local_pos=jnp.where(held >= 0, held, -1).astype(jnp.int32))
+                          local_pos=jnp.where(slot_pos >= 0, slot_pos, -1).astype(jnp.int32))
 
   if c.uses_clp:
     last = outputs.hidden[:-1][:, rows, lengths - 1]  # [L-1, B, D]

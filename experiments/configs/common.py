@@ -86,6 +86,21 @@ def train_config(steps: int, batch_size: int, learning_rate: float) -> ml_collec
   return c
 
 
+def add_arms(config: ml_collections.ConfigDict, section: str, arms: dict) -> None:
+  """Declare per-arm changes of one config section and the paper's note per arm.
+
+  Args:
+    config: the table config, still unlocked.
+    section: the config section the arms change ("model" or "quant").
+    arms: arm name -> (changes to that section, the paper's reported result).
+  """
+  config.arm_settings = ml_collections.ConfigDict()  # per-arm changes, shaped like the config
+  config.arm_notes = ml_collections.ConfigDict()  # per-arm result reported by the paper
+  for name, (changes, note) in arms.items():
+    config.arm_settings[name] = ml_collections.ConfigDict({section: changes})
+    config.arm_notes[name] = note
+
+
 def mesh_config() -> ml_collections.ConfigDict:
   """Device mesh: data parallel times FSDP."""
   c = ml_collections.ConfigDict()

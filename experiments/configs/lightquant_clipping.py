@@ -65,8 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_batches = 1
   elif preset == "cpu":
     config.data = common.data_config(seq_len=128)
-    # Width 256 keeps block 256 distinct from per-channel in the forward GEMMs;
-    # one layer and 200 steps keep 21 arms x 2 seeds near 20 minutes.
+    # Width 256 keeps block 256 distinct from per-channel in the forward GEMMs.
+    # One layer and 200 steps keep 21 arms x 2 seeds near 20 minutes.
     config.model = common.model_config(d_model=256, num_layers=1, ffn_dim=768, num_heads=4,
                                        head_dim=64, dtype="bfloat16")
     config.train = common.train_config(steps=200, batch_size=8, learning_rate=3e-3)
@@ -80,10 +80,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.warmup_steps = 500
   config.quant = common.quant_config()
   config.mesh = common.mesh_config()
-  config.arm_settings = ml_collections.ConfigDict()  # per-arm changes, shaped like the config
-  config.arm_notes = ml_collections.ConfigDict()  # per-arm result reported by the paper
-  for name, (quant_changes, note) in ARMS.items():
-    config.arm_settings[name] = ml_collections.ConfigDict({"quant": quant_changes})
-    config.arm_notes[name] = note
+  common.add_arms(config, "quant", ARMS)
   config.lock()
   return config

@@ -55,10 +55,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.warmup_steps = 500
   config.quant = common.quant_config()
   config.mesh = common.mesh_config()
-  config.arm_settings = ml_collections.ConfigDict()  # per-arm changes, shaped like the config
-  config.arm_notes = ml_collections.ConfigDict()  # per-arm result reported by the paper
-  for name, (quant_changes, note) in ARMS.items():
-    config.arm_settings[name] = ml_collections.ConfigDict({"quant": quant_changes})
-    config.arm_notes[name] = note
+  common.add_arms(config, "quant", ARMS)
   config.lock()
   return config

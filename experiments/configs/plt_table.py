@@ -64,11 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = common.train_config(steps=20000, batch_size=256, learning_rate=1e-3)
   config.quant = common.quant_config()
   config.mesh = common.mesh_config()
-  config.arm_settings = ml_collections.ConfigDict()  # per-arm changes, shaped like the config
-  config.arm_notes = ml_collections.ConfigDict()  # per-arm direction reported by the paper
-  for name, (model_changes, note) in ARMS.items():
-    config.arm_settings[name] = ml_collections.ConfigDict({"model": model_changes})
-    config.arm_notes[name] = note
+  common.add_arms(config, "model", ARMS)
   if preset == "smoke":
     for name in ("plt2_w16", "plt2_w32"):
       config.arm_settings[name].model.window = 4

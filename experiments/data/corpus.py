@@ -66,7 +66,7 @@ def byte_tokens(text: bytes) -> np.ndarray:
 
 
 def wordpiece_tokenizer(model_dir=None):
-  """The MiniLM WordPiece tokenizer without truncation or padding."""
+  """Load the MiniLM WordPiece tokenizer without truncation or padding."""
   from experiments.data import minilm  # pylint: disable=g-import-not-at-top
 
   tokenizer = minilm.load_tokenizer(model_dir)

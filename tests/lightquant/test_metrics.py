@@ -2,7 +2,7 @@
 
 The reference values for 4096 x 4096 N(0, 1) tensors were computed with an
 independent NumPy + ml_dtypes implementation of the same rules (ceil UE8M0
-scale, symmetric INT, ties to even); they were stable to 0.01 dB across seeds.
+scale, symmetric INT, ties to even). They were stable to 0.01 dB across seeds.
 The headline orderings match "INT v.s. FP" (Chen et al., arXiv 2510.25602).
 """
 
