@@ -35,6 +35,10 @@ class TrainState(NamedTuple):
   params: Any
   opt_state: Any
   step: jax.Array
+  # Raw uint32 data of the run's root key. Step-level randomness derives
+  # from it as fold_in(key, step), so the checkpointed root key and step
+  # reproduce every later key after a resume, even if config.seed changes.
+  rng: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +159,7 @@ def make_train_step(exp: Experiment, optimizer):
     params = optax.apply_updates(state.params, updates)
     metrics = {"train/loss": loss, "train/grad_norm": _global_norm(grads),
                "train/param_norm": _global_norm(params), "train/update_norm": _global_norm(updates)}
-    return TrainState(params, opt_state, state.step + 1), metrics
+    return TrainState(params, opt_state, state.step + 1, state.rng), metrics
 
   return step
 
@@ -192,8 +196,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   optimizer = make_optimizer(config.train)
 
   def init(key):
-    params = plt.init_params(key, exp.model)
-    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    params = plt.init_params(key, exp.model)  # the same key as before the rng field existed
+    run_key = jax.random.fold_in(key, 1)
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
+                      jax.random.key_data(run_key))
 
   key = jax.random.key(config.seed)
   abstract = jax.eval_shape(init, key)

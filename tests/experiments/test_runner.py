@@ -154,3 +154,23 @@ def test_non_finite_loss_stops_the_run(tmp_path):
   assert len(message) == 1, result.stderr[-2000:]
   assert "non-finite loss" in message[0]
   assert "at step" in message[0]
+
+
+def test_checkpoint_holds_step_and_root_key(full_run):
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  workdir, _ = full_run
+  seed = json.loads((workdir / "config.json").read_text())["seed"]
+  manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
+  restored = manager.restore(12, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), extra=ocp.args.JsonRestore()))
+  manager.close()
+  state = restored.state
+  # Without a target, orbax returns the TrainState NamedTuple as a dict of its fields.
+  step, rng = state["step"], state["rng"]
+  assert int(step) == 12
+  expected = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1))
+  np.testing.assert_array_equal(np.asarray(rng), np.asarray(expected))
+  assert restored.extra["data_step"] >= 12
