@@ -11,6 +11,7 @@ JAX model can be scored.
 
 from cropi import curriculum
 from cropi import diagnostics
+from cropi import nn
 from cropi.curriculum import make_influence_scorer
 from cropi.curriculum import StageLog
 from cropi.gradients import flat_size
@@ -20,6 +21,7 @@ from cropi.influence import cosine_scores
 from cropi.influence import influence_scores
 from cropi.influence import is_eligible
 from cropi.influence import validation_target
+from cropi.nn import log_prob_fn_from_nnx
 from cropi.objectives import AGGREGATIONS
 from cropi.objectives import aggregate
 from cropi.objectives import clipped_surrogate
