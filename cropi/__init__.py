@@ -13,6 +13,7 @@ from cropi import curriculum
 from cropi import diagnostics
 from cropi import nn
 from cropi.curriculum import make_influence_scorer
+from cropi.curriculum import select_stage
 from cropi.curriculum import StageLog
 from cropi.gradients import flat_size
 from cropi.gradients import flatten

@@ -74,6 +74,50 @@ def make_influence_scorer(loss_fn: Callable, store: rollouts.OfflineStore,
   return score
 
 
+def select_stage(stage: int, params: Any, *, store: rollouts.OfflineStore, rule: str = "valid_uniform",
+                 select_ratio: float = 0.1, score_fn: Optional[Callable[[Any], np.ndarray]] = None,
+                 seed: int = 0, previous: Optional[np.ndarray] = None,
+                 static_scores: Optional[np.ndarray] = None) -> tuple[StageLog, Optional[np.ndarray]]:
+  """Select the prompts of one stage: the body of `run`, for trainers with their own loop.
+
+  The influence rules call ``score_fn(params)`` with the stage's starting
+  policy theta_m; the other rules never call it. "static_influence" reuses
+  `static_scores` when given and otherwise scores now.
+
+  Args:
+    stage: m, used by the per-stage random rule and the log.
+    params: theta_m, the policy at the start of the stage.
+    store, rule, select_ratio, score_fn, seed: as in `run`.
+    previous: the previous stage's selection, for the overlap log.
+    static_scores: the stage-0 scores of "static_influence".
+
+  Returns:
+    (the stage's `StageLog`, the scores it used or None). Keep the scores of
+    stage 0 to pass as `static_scores` later.
+  """
+  if rule not in selection.SELECTION_RULES:
+    raise ValueError(f"invalid rule {rule!r}; valid values: {selection.SELECTION_RULES}")
+  if rule in INFLUENCE_RULES and score_fn is None and static_scores is None:
+    raise ValueError(f"rule {rule!r} needs a score_fn")
+  n = selection.num_selected(store.num_prompts, select_ratio)
+  scores, seconds = None, 0.0
+  if rule == "static_influence" and static_scores is not None:
+    scores = np.asarray(static_scores)
+  elif rule in INFLUENCE_RULES:
+    start = time.perf_counter()
+    scores = np.asarray(score_fn(params))
+    seconds = time.perf_counter() - start
+  ids = selection.select(rule, n, scores=scores, rewards=store.rewards, pool_size=store.num_prompts,
+                         seed=seed, stage=stage)
+  log = StageLog(
+      stage=stage, rule=rule, selected=ids, num_eligible=_num_eligible(rule, scores, store),
+      histograms=() if scores is None else tuple(
+          selection.score_histogram(scores[:, j]) for j in range(scores.shape[1])),
+      overlap=None if previous is None else selection.overlap(previous, ids),
+      store_hash=store.content_hash, scoring_seconds=seconds)
+  return log, scores
+
+
 def run(state: Any, *, store: rollouts.OfflineStore, params_fn: Callable[[Any], Any],
         train_fn: Callable[[Any, np.ndarray, int], Any], num_stages: int, select_ratio: float = 0.1,
         rule: str = "valid_uniform", score_fn: Optional[Callable[[Any], np.ndarray]] = None,
@@ -82,12 +126,12 @@ def run(state: Any, *, store: rollouts.OfflineStore, params_fn: Callable[[Any], 
         on_stage_end: Optional[Callable[[StageLog, Any], None]] = None) -> tuple[Any, list[StageLog]]:
   """Run stages `start_stage` .. `num_stages` - 1 of the curriculum.
 
-  Per stage m: ``scores = score_fn(params_fn(state))`` (influence rules only),
-  ``ids = selection.select(rule, n, ...)``, then ``state = train_fn(state,
-  ids, m)`` and ``on_stage_end(log, state)``. The static rules
-  (learnability, pass_rate, random) use the stored rewards or a seed and
-  never call `score_fn`. "static_influence" scores once, at the first stage,
-  and keeps that selection; resuming it past stage 0 needs `static_scores`.
+  Per stage m: `select_stage` with ``params_fn(state)`` (the influence rules
+  score the pool with theta_m), then ``state = train_fn(state, ids, m)`` and
+  ``on_stage_end(log, state)``. The static rules (learnability, pass_rate,
+  random) use the stored rewards or a seed and never call `score_fn`.
+  "static_influence" scores once, at the first stage, and keeps that
+  selection; resuming it past stage 0 needs `static_scores`.
 
   Args:
     state: the trainer's state; opaque here.
@@ -118,36 +162,21 @@ def run(state: Any, *, store: rollouts.OfflineStore, params_fn: Callable[[Any], 
     raise ValueError(f"invalid start_stage {start_stage}; expected 0..{num_stages}")
   if rule == "static_influence" and start_stage > 0 and static_scores is None:
     raise ValueError("resuming 'static_influence' past stage 0 needs the stage-0 static_scores")
-  n = selection.num_selected(store.num_prompts, select_ratio)
   expected_hash = store.content_hash
   logs = []
   for stage in range(start_stage, num_stages):
     if store.content_hash != expected_hash:
       raise RuntimeError(f"the offline store changed before stage {stage}")
-    scores, seconds = None, 0.0
-    if rule in INFLUENCE_RULES:
-      if rule == "static_influence" and static_scores is not None:
-        scores = static_scores
-      else:
-        start = time.perf_counter()
-        scores = np.asarray(score_fn(params_fn(state)))
-        seconds = time.perf_counter() - start
-        if rule == "static_influence":
-          static_scores = scores
-    ids = selection.select(rule, n, scores=scores, rewards=store.rewards,
-                           pool_size=store.num_prompts, seed=seed, stage=stage)
-    log = StageLog(
-        stage=stage, rule=rule, selected=ids,
-        num_eligible=_num_eligible(rule, scores, store),
-        histograms=() if scores is None else tuple(
-            selection.score_histogram(scores[:, j]) for j in range(scores.shape[1])),
-        overlap=None if previous is None else selection.overlap(previous, ids),
-        store_hash=expected_hash, scoring_seconds=seconds)
-    state = train_fn(state, ids, stage)
+    log, scores = select_stage(stage, params_fn(state), store=store, rule=rule,
+                               select_ratio=select_ratio, score_fn=score_fn, seed=seed,
+                               previous=previous, static_scores=static_scores)
+    if rule == "static_influence":
+      static_scores = scores
+    state = train_fn(state, log.selected, stage)
     if on_stage_end is not None:
       on_stage_end(log, state)
     logs.append(log)
-    previous = ids
+    previous = log.selected
   return state, logs
 
 

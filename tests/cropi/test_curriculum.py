@@ -166,3 +166,21 @@ def test_curriculum_with_the_real_scorer_moves_with_the_policy():
   assert all(1 not in log.selected and 6 not in log.selected for log in logs)
   counts, _ = logs[0].histograms[0]
   assert int(np.sum(counts)) == POOL.num_prompts - 2
+
+
+def test_select_stage_matches_the_stage_loop():
+  trainer, seen = Trainer(), []
+  _, logs = curriculum.run(BETA, store=POOL, params_fn=lambda s: s, train_fn=trainer.train,
+                           num_stages=2, select_ratio=0.3, score_fn=_recording_scorer(trainer, seen))
+  replay, replay_seen = Trainer(), []
+  state, previous = BETA, None
+  for stage in range(2):
+    log, _ = curriculum.select_stage(stage, state, store=POOL, select_ratio=0.3,
+                                     score_fn=_recording_scorer(replay, replay_seen),
+                                     previous=previous)
+    np.testing.assert_array_equal(log.selected, logs[stage].selected)
+    assert log.overlap == logs[stage].overlap
+    state, previous = replay.train(state, log.selected, stage), log.selected
+  static_log, _ = curriculum.select_stage(3, BETA, store=POOL, rule="static_influence", select_ratio=0.3,
+                                          static_scores=np.arange(10.0)[:, None])
+  np.testing.assert_array_equal(static_log.selected, [9, 8, 7])
