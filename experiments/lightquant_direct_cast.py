@@ -2,7 +2,7 @@ r"""Direct-cast inference of all-MiniLM-L6-v2 in the 8 MX/NV INT and FP formats.
 
 Usage:
   python -m experiments.lightquant_direct_cast --out=DIR [--model_dir=DIR] \
-      [--quick] [--seed=N]
+      [--quick] [--seed=N] [--formats=A,B]
 
 The direct-cast protocol of "INT v.s. FP: A Comprehensive Study of
 Fine-Grained Low-bit Quantization Formats" (Chen et al., arXiv 2510.25602,
@@ -41,6 +41,11 @@ Files written to --out, each through a temporary file and os.replace:
   qsnr_bars.png    hidden-state and mean tensor-level QSNR per format
   run_info.json    command line, git commit, versions, settings, wall time
 
+--formats runs a subset of the 8 formats. The INT-vs-FP, crest-factor and
+paper tables and the plot need all 8, so a subset run writes only the table
+of every format in results.md, skips the crest factors and removes a
+qsnr_bars.png of an earlier run from --out.
+
 A full run (64 sentences, 947 real tokens) took 41 s and --quick 26 s,
 including start-up, on a 2-core x86-64 Linux machine with jax 0.10.2 on CPU
 that another benchmark was loading at the same time.
@@ -71,10 +76,14 @@ from experiments.lightquant_direct_cast_report import PAPER_FORMATS
 from experiments.lightquant_direct_cast_report import ROLE_ACTIVATION
 from experiments.lightquant_direct_cast_report import ROLE_WEIGHT
 from experiments.lightquant_direct_cast_report import hadamard_size
+from experiments.lightquant_qsnr_sweep import parse_formats  # the same 8 formats
 from experiments.models import minilm as minilm_model
 
 # Module path for `python -m`, used in the usage line and in run_info.json.
 MODULE = "experiments.lightquant_direct_cast"
+# The --formats default: the formats the report's tables lay out.
+DEFAULT_FORMATS = ",".join(PAPER_FORMATS)
+PLOT_FILE = "qsnr_bars.png"
 
 ROLE_OUTPUT = "output"
 SCOPE_MODEL = "model"
@@ -237,6 +246,10 @@ def _build_parser() -> _ArgumentParser:
       "--seed", type=int, default=0,
       help="seed of the random Hadamard signs",
   )
+  parser.add_argument(
+      "--formats", default=DEFAULT_FORMATS,
+      help=f"comma-separated formats to run (default: the paper's 8, {DEFAULT_FORMATS})",
+  )
   return parser
 
 
@@ -250,6 +263,10 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.error(f"invalid --out {str(args.out)!r}: it exists and is not a folder")
   if args.seed < 0:
     parser.error(f"invalid --seed {args.seed}: expected a non-negative integer")
+  try:
+    args.formats = parse_formats(args.formats)
+  except ValueError as error:
+    parser.error(str(error))
   try:
     args.model_dir = minilm_data.find_model_dir(args.model_dir)
     args.tokenizer = minilm_data.load_tokenizer(args.model_dir)
@@ -299,8 +316,9 @@ def compare_outputs(reference_hidden: np.ndarray, hidden: np.ndarray,
   return ModelResult(hidden_qsnr, sentence_qsnr, embedding_qsnr, cosines)
 
 
-def run_direct_cast(params, input_ids, attention_mask, reference_hidden,
-                    key: jax.Array) -> dict[tuple[str, bool], ModelResult]:
+def run_direct_cast(
+    params, input_ids, attention_mask, reference_hidden, key: jax.Array,
+    formats: Sequence[str] = PAPER_FORMATS) -> dict[tuple[str, bool], ModelResult]:
   """Run the model once per (format, rotation) and compare with the reference.
 
   The encoder runs eagerly: each quantized GEMM is jitted inside lightquant,
@@ -311,7 +329,7 @@ def run_direct_cast(params, input_ids, attention_mask, reference_hidden,
   real tokens enter the comparison.
   """
   results = {}
-  for name in PAPER_FORMATS:
+  for name in formats:
     for rotated in (False, True):
       dot_generals = direct_cast_dot_generals(name, rotated, key)
       hidden = minilm_model.encode(params, input_ids, attention_mask, dot_generals)
@@ -388,7 +406,8 @@ def _make_stack_qsnr_fn(fmt: lightquant.Format, rotated: bool) -> Callable:
   return jax.jit(jax.vmap(measure))
 
 
-def tensor_qsnr(cases: Sequence[TensorCase], key: jax.Array) -> dict[tuple[int, str, bool], float]:
+def tensor_qsnr(cases: Sequence[TensorCase], key: jax.Array,
+                formats: Sequence[str] = PAPER_FORMATS) -> dict[tuple[int, str, bool], float]:
   """Measure every tensor in every format, without and with rotation.
 
   Returns:
@@ -396,7 +415,7 @@ def tensor_qsnr(cases: Sequence[TensorCase], key: jax.Array) -> dict[tuple[int, 
   """
   stacks = padded_stacks(cases)
   results = {}
-  for name in PAPER_FORMATS:
+  for name in formats:
     fmt = lightquant.get_format(name)
     size = hadamard_size(name)
     for rotated in (False, True):
@@ -457,10 +476,10 @@ def crest_factors(cases: Sequence[TensorCase], key: jax.Array) -> dict[tuple[str
 
 
 def build_rows(model_results, cases, tensor_results, token_count: int,
-               sentence_count: int) -> list[dict]:
+               sentence_count: int, formats: Sequence[str] = PAPER_FORMATS) -> list[dict]:
   """Flatten the measurements into CSV rows with the CSV_COLUMNS keys."""
   rows = []
-  for name in PAPER_FORMATS:
+  for name in formats:
     fmt = lightquant.get_format(name)
     for rotated in (False, True):
       common = {"format": name, "element": fmt.element, "rotated": int(rotated),
@@ -493,12 +512,51 @@ def build_csv(rows: Sequence[dict]) -> str:
   return buffer.getvalue()
 
 
+def build_subset_markdown(model_results, cases, tensor_results, settings: dict,
+                          formats: Sequence[str]) -> str:
+  """Build results.md of a run on a subset of the formats: one row per format and rotation."""
+  header = ["format", "rotation", "hidden QSNR (dB)", "embedding QSNR (dB)", "mean cosine",
+            "weights QSNR (dB)", "activations QSNR (dB)"]
+  lines = [
+      "# Direct-cast all-MiniLM-L6-v2 in a subset of the formats",
+      "",
+      "Settings: " + ", ".join(f"{key} {value}" for key, value in settings.items()) + ".",
+      "",
+      "The INT-vs-FP, crest-factor and paper tables need all 8 formats "
+      f"({DEFAULT_FORMATS}), so this run has only the table below. Rotation is a "
+      "random Hadamard transform of both operands. Every row is in qsnr.csv.",
+      "",
+      "| " + " | ".join(header) + " |",
+      "|" + "|".join("---" for _ in header) + "|",
+  ]
+  for name in formats:
+    for rotated in (False, True):
+      result = model_results[name, rotated]
+      role_means = []
+      for role in (ROLE_WEIGHT, ROLE_ACTIVATION):
+        values = [tensor_results[i, name, rotated]
+                  for i, case in enumerate(cases) if case.role == role]
+        role_means.append(f"{np.mean(values):.2f}")
+      rotation = f"h={hadamard_size(name)}" if rotated else "none"
+      cells = [name.upper(), rotation, f"{result.hidden_qsnr_db:.2f}",
+               f"{result.embedding_qsnr_db:.2f}", f"{np.mean(result.cosines):.6f}", *role_means]
+      lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------
 # Entry point
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Run the study and write its files; see the module docstring."""
+def main(argv: Sequence[str] | None = None, command: Sequence[str] | None = None) -> int:
+  """Run the study and write its files; see the module docstring.
+
+  Args:
+    argv: the flags, sys.argv[1:] if None.
+    command: the command line that run_info.json records; None records
+      `python -m` this module with `argv`.
+  """
   argv = list(sys.argv[1:] if argv is None else argv)
   args = _parse_args(argv)
   start = time.perf_counter()
@@ -514,14 +572,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       params, input_ids, attention_mask, collect=True)
   reference_hidden = np.asarray(reference_hidden)
   model_results = run_direct_cast(params, input_ids, attention_mask, reference_hidden,
-                                  model_key)
+                                  model_key, args.formats)
+  all_formats = set(args.formats) == set(PAPER_FORMATS)
   model_time_s = time.perf_counter() - start
 
   layer_names = [name for name in minilm_model.linear_layer_names()
                  if not args.quick or name.endswith(QUICK_TENSOR_LAYERS)]
   cases = collect_tensors(collected, attention_mask, layer_names)
-  tensor_results = tensor_qsnr(cases, tensor_key)
-  crest = crest_factors(cases, tensor_key)
+  tensor_results = tensor_qsnr(cases, tensor_key, args.formats)
+  crest = crest_factors(cases, tensor_key) if all_formats else None
 
   token_count = int(attention_mask.sum())
   settings = {
@@ -531,13 +590,20 @@ def main(argv: Sequence[str] | None = None) -> int:
       "seed": args.seed,
       "tensors": len(cases),
   }
-  rows = build_rows(model_results, cases, tensor_results, token_count, len(sentences))
+  rows = build_rows(model_results, cases, tensor_results, token_count, len(sentences),
+                    args.formats)
   outputs.write_text(out / "qsnr.csv", build_csv(rows))
-  outputs.write_text(out / "results.md",
-                     report.build_markdown(model_results, cases, tensor_results, crest,
-                                           settings))
-  outputs.write_figure(out / "qsnr_bars.png",
-                       report.plot_qsnr_bars(model_results, cases, tensor_results))
+  if all_formats:
+    outputs.write_text(out / "results.md",
+                       report.build_markdown(model_results, cases, tensor_results, crest,
+                                             settings))
+    outputs.write_figure(out / PLOT_FILE,
+                         report.plot_qsnr_bars(model_results, cases, tensor_results))
+  else:
+    outputs.write_text(out / "results.md", build_subset_markdown(
+        model_results, cases, tensor_results, settings, args.formats))
+    # A plot of an earlier run in --out would not match this run's results.md.
+    (out / PLOT_FILE).unlink(missing_ok=True)
 
   wall_time_s = time.perf_counter() - start
   extra = {
@@ -550,12 +616,16 @@ def main(argv: Sequence[str] | None = None) -> int:
       "tensors": len(cases),
       "csv_rows": len(rows),
       "model_phase_s": round(model_time_s, 1),
+      "formats": list(args.formats),
   }
-  info = outputs.run_info(["python", "-m", MODULE, *argv], wall_time_s, extra)
-  outputs.write_run_info(out, info)
+  command = ["python", "-m", MODULE, *argv] if command is None else list(command)
+  outputs.write_run_info(out, outputs.run_info(command, wall_time_s, extra))
 
-  print(f"Wrote {out / 'results.md'}, {out / 'qsnr.csv'} and {out / 'qsnr_bars.png'}")
-  print("\n".join(report.summary_lines(model_results, cases, tensor_results, crest)))
+  if all_formats:
+    print(f"Wrote {out / 'results.md'}, {out / 'qsnr.csv'} and {out / PLOT_FILE}")
+    print("\n".join(report.summary_lines(model_results, cases, tensor_results, crest)))
+  else:
+    print(f"Wrote {out / 'results.md'} and {out / 'qsnr.csv'}")
   print(f"Wall time: {wall_time_s:.1f} s")
   return 0
 

@@ -2,7 +2,7 @@ r"""Sweep the QSNR of INT and FP block formats over block size and rotation.
 
 Usage:
   python -m experiments.lightquant_qsnr_sweep --out=DIR [--model_dir=DIR] \
-      [--quick] [--skip_minilm] [--seed=N]
+      [--quick] [--skip_minilm] [--seed=N] [--formats=A,B] [--block_sizes=N,M]
 
 A CPU-sized version of the tensor-level study in "INT v.s. FP: A Comprehensive
 Study of Fine-Grained Low-bit Quantization Formats" (Chen et al., arXiv
@@ -28,6 +28,11 @@ Files written to --out, each through a temporary file and os.replace:
   qsnr_vs_crest.png      QSNR against mean block crest factor with theory
   int_vs_fp_winrate.png  INT win rate per INT/FP pair
   run_info.json          command line, git commit, versions and wall time
+
+--formats and --block_sizes sweep a subset or other block sizes. The win
+rates, crest-factor and theory tables and both plots need the default grid,
+so a run on another grid writes only the mean QSNR tables in results.md, and
+removes plots of an earlier run from --out.
 """
 
 import argparse
@@ -60,6 +65,11 @@ from experiments.lightquant_qsnr_report import SOURCE_SYNTHETIC
 MODULE = "experiments.lightquant_qsnr_sweep"
 # Chen et al. rotate with 32 x 32 for every format in their tensor study.
 HADAMARD_SIZE = 32
+PER_CHANNEL = lightquant.PER_CHANNEL
+# The --formats and --block_sizes defaults: the grid the report's tables lay out.
+DEFAULT_FORMATS = ",".join(PAPER_FORMATS)
+DEFAULT_BLOCK_SIZES = ",".join(map(str, BLOCK_SIZES))
+PLOT_FILES = ("qsnr_vs_crest.png", "int_vs_fp_winrate.png")
 
 SYNTHETIC_SHAPE = (512, 4096)
 # The --quick shape equals the MiniLM attention matrices, so the synthetic and
@@ -103,6 +113,46 @@ class TensorCase:
 # Command line
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+  """Parse comma-separated format names of PAPER_FORMATS; raises ValueError.
+
+  Repeated names count once, and the order of the text is kept.
+  """
+  names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+  unknown = [name for name in names if name not in PAPER_FORMATS]
+  if not names:
+    raise ValueError(f"the formats list is empty; valid formats: {', '.join(PAPER_FORMATS)}")
+  if unknown:
+    raise ValueError(f"invalid formats {', '.join(map(repr, unknown))}; valid formats: "
+                     f"{', '.join(PAPER_FORMATS)}")
+  return tuple(names)
+
+
+def parse_block_sizes(text: str) -> tuple[int, ...]:
+  """Parse comma-separated block sizes (positive ints, or -1 for per-channel); raises ValueError.
+
+  Repeated sizes count once, and the order of the text is kept.
+  """
+  entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+  sizes, bad = [], []
+  for entry in entries:
+    try:
+      size = int(entry)
+    except ValueError:
+      bad.append(entry)
+      continue
+    if size > 0 or size == PER_CHANNEL:
+      sizes.append(size)
+    else:
+      bad.append(entry)
+  valid = f"positive ints and {PER_CHANNEL} (per-channel), such as {DEFAULT_BLOCK_SIZES}"
+  if not entries:
+    raise ValueError(f"the block sizes list is empty; valid values: {valid}")
+  if bad:
+    raise ValueError(f"invalid block sizes {', '.join(map(repr, bad))}; valid values: {valid}")
+  return tuple(dict.fromkeys(sizes))
+
+
 class _ArgumentParser(argparse.ArgumentParser):
   """An argparse parser that reports a usage error in one line."""
 
@@ -144,6 +194,14 @@ def _build_parser() -> _ArgumentParser:
       "--seed", type=int, default=0,
       help="seed of the synthetic tensors and of the Hadamard signs",
   )
+  parser.add_argument(
+      "--formats", default=DEFAULT_FORMATS,
+      help=f"comma-separated formats to sweep (default: the paper's 8, {DEFAULT_FORMATS})",
+  )
+  parser.add_argument(
+      "--block_sizes", default=DEFAULT_BLOCK_SIZES,
+      help=f"comma-separated block sizes, -1 for per-channel (default: {DEFAULT_BLOCK_SIZES})",
+  )
   return parser
 
 
@@ -158,6 +216,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.error(f"invalid --out {str(args.out)!r}: it exists and is not a folder")
   if args.skip_minilm and args.model_dir is not None:
     parser.error("--skip_minilm and --model_dir exclude each other; pass one")
+  try:
+    args.formats = parse_formats(args.formats)
+    args.block_sizes = parse_block_sizes(args.block_sizes)
+  except ValueError as error:
+    parser.error(str(error))
   if not args.skip_minilm:
     try:
       args.model_dir = minilm.find_model_dir(args.model_dir)
@@ -246,8 +309,9 @@ def theory_qsnr(fmt: lightquant.Format, kappa: float, axis_length: int) -> float
   return float(theory.format_qsnr(fmt, kappa, axis_length=axis_length))
 
 
-def run_sweep(cases: Sequence[TensorCase], signs: jax.Array,
-              progress: bool = True) -> list[dict]:
+def run_sweep(cases: Sequence[TensorCase], signs: jax.Array, progress: bool = True,
+              formats: Sequence[str] = PAPER_FORMATS,
+              block_sizes: Sequence[int] = BLOCK_SIZES) -> list[dict]:
   """Measure every (tensor, format, block size, rotation); one dict per row.
 
   One function is jitted per (format, block size, rotation). jax.jit caches
@@ -257,20 +321,20 @@ def run_sweep(cases: Sequence[TensorCase], signs: jax.Array,
   device_arrays = [jnp.asarray(case.array) for case in cases]
 
   crest = {}  # (tensor index, block size, rotated) -> mean crest factor
-  for block_size in BLOCK_SIZES:
+  for block_size in block_sizes:
     for rotated, rotation_signs in rotations.items():
       crest_fn = _make_crest_fn(block_size, rotation_signs)
       for index, x in enumerate(device_arrays):
         crest[index, block_size, rotated] = float(crest_fn(x))
 
   rows = []
-  total = len(PAPER_FORMATS) * len(BLOCK_SIZES) * len(rotations) * len(cases)
+  total = len(formats) * len(block_sizes) * len(rotations) * len(cases)
   # Redraw at most every 30 s when stderr is a log file, not a terminal.
   interval = 0.1 if sys.stderr.isatty() else 30.0
   with tqdm(total=total, desc="QSNR sweep", unit="tensor", disable=not progress,
             file=sys.stderr, mininterval=interval) as bar:
-    for name in PAPER_FORMATS:
-      for block_size in BLOCK_SIZES:
+    for name in formats:
+      for block_size in block_sizes:
         fmt = sweep_format(name, block_size)
         for rotated, rotation_signs in rotations.items():
           qsnr_fn = _make_qsnr_fn(fmt, rotation_signs)
@@ -310,12 +374,62 @@ def build_csv(rows: Sequence[dict]) -> str:
   return buffer.getvalue()
 
 
+def _block_label(block_size: int) -> str:
+  return "per-channel" if block_size == PER_CHANNEL else str(block_size)
+
+
+def build_subset_markdown(rows: Sequence[dict], source: str, settings: dict,
+                          formats: Sequence[str], block_sizes: Sequence[int]) -> str:
+  """Build results.md of a sweep on a grid other than the default one.
+
+  It has only the mean QSNR tables, because the report's other tables need
+  the default grid. `settings` has the keys of report.build_markdown.
+  """
+  source_text = report.source_description(source)
+  synthetic = ", ".join(dict.fromkeys(
+      row["tensor"] for row in rows if row["source"] == SOURCE_SYNTHETIC))
+  minilm_text = (f"{settings['minilm_count']} linear weight matrices of all-MiniLM-L6-v2"
+                 if settings["minilm_count"] else "skipped (--skip_minilm)")
+  lines = [
+      "# QSNR of INT and FP block formats on a chosen grid",
+      "",
+      f"- Formats: {', '.join(name.upper() for name in formats)}. Block sizes: "
+      f"{', '.join(map(_block_label, block_sizes))}.",
+      f"- Synthetic tensors ({settings['synthetic_shape']}, seed {settings['seed']}): "
+      f"{synthetic}. MiniLM: {minilm_text}.",
+      "- Every tensor is quantized along its last axis. RHT is a "
+      f"{settings['hadamard_size']}-point random Hadamard rotation along that axis.",
+      "- The INT-vs-FP, crest-factor and theory tables and the plots need the "
+      f"default grid (formats {DEFAULT_FORMATS}, block sizes {DEFAULT_BLOCK_SIZES}), "
+      "so this run has only the mean QSNR tables. Every row is in qsnr.csv.",
+      "",
+      f"## Mean QSNR (dB) on {source_text}",
+      "",
+  ]
+  header = ["format \\ block size", *map(_block_label, block_sizes)]
+  for rotated, title in ((0, "Without rotation"), (1, "With the random Hadamard rotation")):
+    lines += [f"{title}:", "",
+              "| " + " | ".join(header) + " |",
+              "|" + "|".join("---" for _ in header) + "|"]
+    for name in formats:
+      values = [f"{report.mean_qsnr(rows, source, name, b, rotated):.2f}" for b in block_sizes]
+      lines.append("| " + " | ".join([name.upper(), *values]) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------
 # Entry point
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Run the sweep and write its files; see the module docstring."""
+def main(argv: Sequence[str] | None = None, command: Sequence[str] | None = None) -> int:
+  """Run the sweep and write its files; see the module docstring.
+
+  Args:
+    argv: the flags, sys.argv[1:] if None.
+    command: the command line that run_info.json records; None records
+      `python -m` this module with `argv`.
+  """
   argv = list(sys.argv[1:] if argv is None else argv)
   args = _parse_args(argv)
   start = time.perf_counter()
@@ -327,17 +441,26 @@ def main(argv: Sequence[str] | None = None) -> int:
   minilm_cases = [] if args.skip_minilm else minilm_tensors(args.model_dir, args.quick)
   cases += minilm_cases
   signs = hadamard.random_signs(jax.random.PRNGKey(args.seed), HADAMARD_SIZE)
-  rows = run_sweep(cases, signs)
+  rows = run_sweep(cases, signs, formats=args.formats, block_sizes=args.block_sizes)
+  default_grid = (set(args.formats) == set(PAPER_FORMATS)
+                  and set(args.block_sizes) == set(BLOCK_SIZES))
 
   source = SOURCE_MINILM if minilm_cases else SOURCE_SYNTHETIC
   source_text = report.source_description(source)
   settings = {"synthetic_shape": f"{shape[0]}x{shape[1]}", "seed": args.seed,
               "minilm_count": len(minilm_cases), "hadamard_size": HADAMARD_SIZE}
   outputs.write_text(out / "qsnr.csv", build_csv(rows))
-  outputs.write_text(out / "results.md", report.build_markdown(rows, source, settings))
-  outputs.write_figure(out / "qsnr_vs_crest.png", report.plot_qsnr_vs_crest(rows))
-  outputs.write_figure(out / "int_vs_fp_winrate.png",
-                       report.plot_int_win_rate(rows, source, source_text))
+  if default_grid:
+    outputs.write_text(out / "results.md", report.build_markdown(rows, source, settings))
+    outputs.write_figure(out / "qsnr_vs_crest.png", report.plot_qsnr_vs_crest(rows))
+    outputs.write_figure(out / "int_vs_fp_winrate.png",
+                         report.plot_int_win_rate(rows, source, source_text))
+  else:
+    outputs.write_text(out / "results.md", build_subset_markdown(
+        rows, source, settings, args.formats, args.block_sizes))
+    # Plots of an earlier run in --out would not match this run's results.md.
+    for name in PLOT_FILES:
+      (out / name).unlink(missing_ok=True)
 
   wall_time_s = time.perf_counter() - start
   extra = {
@@ -347,13 +470,16 @@ def main(argv: Sequence[str] | None = None) -> int:
       "synthetic_tensors": len(cases) - len(minilm_cases),
       "minilm_tensors": len(minilm_cases),
       "csv_rows": len(rows),
+      "formats": list(args.formats),
+      "block_sizes": list(args.block_sizes),
   }
-  info = outputs.run_info(["python", "-m", MODULE, *argv], wall_time_s, extra)
-  outputs.write_run_info(out, info)
+  command = ["python", "-m", MODULE, *argv] if command is None else list(command)
+  outputs.write_run_info(out, outputs.run_info(command, wall_time_s, extra))
 
   print(f"Wrote {out / 'results.md'} and {out / 'qsnr.csv'}")
-  print(f"Plots: {out / 'qsnr_vs_crest.png'}, {out / 'int_vs_fp_winrate.png'}")
-  print("\n".join(report.summary_lines(rows, source)))
+  if default_grid:
+    print(f"Plots: {out / 'qsnr_vs_crest.png'}, {out / 'int_vs_fp_winrate.png'}")
+    print("\n".join(report.summary_lines(rows, source)))
   print(f"Wall time: {wall_time_s:.1f} s")
   return 0
 

@@ -3,7 +3,9 @@
 A table config names its arms in ``config.arms`` (comma-separated, so a subset
 can be chosen from the command line) and gives each arm's changes in
 ``config.arm_settings.<arm>``, a subtree shaped like the config itself. Every
-arm trains through the shared loop into ``workdir/<arm>`` and resumes there.
+arm trains through the shared loop into ``workdir/<arm>`` and resumes there,
+under the rule of train.check_resume: a resumed arm keeps its config except
+for train.RESUMABLE_KEYS.
 """
 
 import copy
@@ -31,21 +33,11 @@ def arm_names(config: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def arm_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.ConfigDict:
   """Build one arm's config: the shared settings with the arm's changes applied."""
   arm_cfg = copy.deepcopy(config)
   arm_cfg.unlock()
-  for key, value in _flatten(config.arm_settings[arm].to_dict()).items():
+  for key, value in train.flatten(config.arm_settings[arm].to_dict()).items():
     node = arm_cfg
     *parents, leaf = key.split(".")
     for part in parents:
@@ -55,9 +47,40 @@ def arm_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.Co
   return arm_cfg
 
 
+def seeded_arm_config(config: ml_collections.ConfigDict, arm: str,
+                      seed: int) -> ml_collections.ConfigDict:
+  """Build the config of one arm's run with one seed."""
+  arm_cfg = arm_config(config, arm)
+  arm_cfg.unlock()
+  arm_cfg.seed = seed
+  arm_cfg.lock()
+  return arm_cfg
+
+
+def arm_workdir(workdir: pathlib.Path, arm: str, seed: int, seeds: list[int]) -> pathlib.Path:
+  """Return one arm's workdir: workdir/<arm>, or workdir/<arm>/seed<n> for several seeds."""
+  return workdir / arm if len(seeds) == 1 else workdir / arm / f"seed{seed}"
+
+
 def prepare(config: ml_collections.ConfigDict) -> dict[str, train.Experiment]:
   """Validate every arm before any training starts."""
-  return {arm: train.build(arm_config(config, arm)) for arm in arm_names(config)}
+  experiments = {}
+  for arm in arm_names(config):
+    try:
+      experiments[arm] = train.build(arm_config(config, arm))
+    except ValueError as error:
+      raise ValueError(f"arm {arm!r}: {error}") from None
+  return experiments
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+  """Raise ValueError if an arm's run in workdir would resume with another config."""
+  workdir = pathlib.Path(workdir)
+  seeds = seed_list(config)
+  for arm in arm_names(config):
+    for seed in seeds:
+      train.check_resume(seeded_arm_config(config, arm, seed),
+                         arm_workdir(workdir, arm, seed, seeds))
 
 
 def decode_latency_ms(model: plt.ModelConfig, params, context: int, steps: int = 30) -> float:
@@ -99,11 +122,8 @@ def run(experiments: dict[str, train.Experiment], config: ml_collections.ConfigD
   for arm, exp in experiments.items():
     finals = []
     for seed in seeds:
-      arm_cfg = arm_config(config, arm)
-      arm_cfg.unlock()
-      arm_cfg.seed = seed
-      arm_cfg.lock()
-      arm_dir = workdir / arm if len(seeds) == 1 else workdir / arm / f"seed{seed}"
+      arm_cfg = seeded_arm_config(config, arm, seed)
+      arm_dir = arm_workdir(workdir, arm, seed, seeds)
       print(f"arm {arm}, seed {seed}: training into {arm_dir}")
       final, params = train.run(arm_cfg, arm_dir, exp)
       finals.append(final)

@@ -8,6 +8,7 @@ checkpointing at the configured intervals.
 """
 
 import dataclasses
+import json
 import pathlib
 import time
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 import lightquant
 import plt
+from lightquant import formats as lq_formats
 from experiments import checkpointing
 from experiments import metrics as metrics_lib
 from experiments import outputs
@@ -60,8 +62,43 @@ def build_model_config(config: ml_collections.ConfigDict) -> plt.ModelConfig:
   return model
 
 
+# Knobs of config.quant that change the chosen format, each with the value that
+# leaves it unset.
+QUANT_KNOBS = {"block_size": None, "scale_rule": None, "clip": None, "scale_arith": None,
+               "hadamard_size": 0}
+
+
+def check_quant_knobs(quant: ml_collections.ConfigDict) -> None:
+  """Validate the knobs of config.quant whatever the format; raises ValueError.
+
+  A knob that is set while quant.format is "none" is an error, because full
+  precision has no format for it to change.
+  """
+  block_size = quant.block_size
+  if block_size is not None and block_size <= 0 and block_size not in (
+      lightquant.PER_CHANNEL, lightquant.PER_TENSOR):
+    raise ValueError(f"invalid quant.block_size {block_size}; valid values: a positive int, "
+                     f"{lightquant.PER_CHANNEL} (per-channel) or {lightquant.PER_TENSOR} "
+                     "(per-tensor)")
+  for name, choices in (("scale_rule", lq_formats.SCALE_RULES), ("clip", lq_formats.CLIP_STYLES),
+                        ("scale_arith", lq_formats.SCALE_ARITHMETIC)):
+    if quant[name] is not None and quant[name] not in choices:
+      raise ValueError(f"invalid quant.{name} {quant[name]!r}; valid values: {', '.join(choices)}")
+  size = quant.hadamard_size
+  if size < 0 or size & (size - 1):
+    raise ValueError(f"invalid quant.hadamard_size {size}; expected 0 (no rotation) or a power "
+                     "of two")
+  if quant.format == "none":
+    for name, unset in QUANT_KNOBS.items():
+      if quant[name] != unset:
+        raise ValueError(f"quant.{name}={quant[name]!r} needs a quant.format, but quant.format "
+                         "is 'none' (full precision); set quant.format, such as mxint8, or "
+                         f"drop the quant.{name} override")
+
+
 def build_dot_general(quant: ml_collections.ConfigDict, seed: int):
   """lightquant's dot_general for config.quant, or None for full precision."""
+  check_quant_knobs(quant)
   if quant.format == "none":
     return None
   fmt = lightquant.get_format(quant.format)
@@ -127,6 +164,84 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   return Experiment(model, dot_general, train_data, eval_data)
 
 
+# Keys that may change when a run resumes in its workdir: the loop's schedule
+# and logging (to extend a run) and the device mesh (to resume on other
+# devices). The keys of table configs that choose, label and declare the arms
+# may change too, because an arm's run depends on them only through the
+# sections that arm_config changes, and those are compared. Every other key
+# defines the run.
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.eval_batches", "mesh",
+                  "arms", "seeds", "title", "reference_arm", "arm_notes", "arm_settings")
+_MISSING = object()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """Flatten nested dicts to {"a.b.c": value}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def first_config_difference(old: dict, new: dict,
+                            resumable: tuple[str, ...] = RESUMABLE_KEYS) -> tuple | None:
+  """Return (key, old value, new value) of the first differing key, or None.
+
+  Keys equal to an entry of `resumable` or below it are skipped. A key that
+  only one config has compares as different, with _MISSING as the other value.
+  """
+  old_flat, new_flat = flatten(old), flatten(new)
+  for key in [*new_flat, *(k for k in old_flat if k not in new_flat)]:
+    if any(key == r or key.startswith(f"{r}.") for r in resumable):
+      continue
+    before, after = old_flat.get(key, _MISSING), new_flat.get(key, _MISSING)
+    if before != after:
+      return key, before, after
+  return None
+
+
+def has_checkpoint(workdir: str | pathlib.Path) -> bool:
+  """Return whether workdir/checkpoints contains a saved step (a folder named by its number)."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _show(value) -> str:
+  return "(missing)" if value is _MISSING else json.dumps(value)
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+  """Raise ValueError if workdir contains checkpoints of a run with another config.
+
+  Only the RESUMABLE_KEYS may differ from the config.json of the run. A
+  workdir without config.json or without checkpoints passes, because there is
+  no run to resume.
+  """
+  workdir = pathlib.Path(workdir)
+  path = workdir / "config.json"
+  if not path.is_file() or not has_checkpoint(workdir):
+    return
+  try:
+    old = json.loads(path.read_text())
+  except (OSError, ValueError) as error:
+    raise ValueError(f"cannot read {path} of the run to resume: {error}; "
+                     "pick a new --workdir") from None
+  # The JSON round trip makes tuples lists, as in the stored config.json.
+  new = json.loads(json.dumps(config.to_dict()))
+  difference = first_config_difference(old, new)
+  if difference is not None:
+    key, before, after = difference
+    raise ValueError(
+        f"{key} is {_show(after)}, but the run in {workdir} was started with {_show(before)}; "
+        "a resumed run may change only train.steps, the train log, eval and checkpoint "
+        "intervals, train.keep_checkpoints, train.eval_batches and mesh, so pick a new "
+        "--workdir for this config")
+
+
 def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with linear warmup, cosine decay to min_lr_ratio and norm clipping."""
   schedule = optax.warmup_cosine_decay_schedule(
@@ -187,6 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   """Train (or resume) the run in `workdir`; return its last metrics and params."""
   exp = build(config) if exp is None else exp
   workdir = pathlib.Path(workdir)
+  check_resume(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   is_main = jax.process_index() == 0

@@ -54,7 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.experiment = "lm_table"  # several arms and one comparison table
   config.title = "INT8 clipping range and scale computation"  # heading of results.md
   config.seed = 0  # replaced by each entry of seeds
-  config.arms = ",".join(ARMS)  # comma-separated arms to run, in table order
+  # Comma-separated arms to run, in table order. The smoke preset runs only the
+  # reference and the asymmetric and symmetric BF16-scale arms at block 32, so
+  # that it finishes in about 20 s on 2 cores.
+  config.arms = "bf16,bf16_asym_b32,bf16_sym_b32" if preset == "smoke" else ",".join(ARMS)
   config.reference_arm = "bf16"  # the arm other rows are compared with
   config.seeds = "0" if preset == "smoke" else "0,1"  # every arm runs once per seed
   if preset == "smoke":

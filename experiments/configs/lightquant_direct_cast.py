@@ -25,5 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0  # seed of the random Hadamard signs
   config.quick = preset == "smoke"  # fewer sentences and tensors
   config.model_dir = ""  # MiniLM folder; empty uses the installed package
+  # Comma-separated formats to run. The INT-vs-FP, crest and paper tables and the
+  # plot need all 8, so a subset gets only the table of every format.
+  config.formats = "mxint8,mxfp8,mxint6,mxfp6,mxint4,mxfp4,nvint4,nvfp4"
   config.lock()
   return config
