@@ -1,46 +1,28 @@
-"""The shared training loop of every language-model experiment.
+"""Language-model training: config validation, data, the LM loss and its task for the shared loop.
 
 Order of work: build and validate everything the config names (model, formats,
-data, mesh) before touching devices. Then create the train state from
-`jax.eval_shape` and its shardings, and restore the newest checkpoint if any.
-Last, loop with one jitted, donated step, logging, evaluating and
-checkpointing at the configured intervals.
+data, mesh) before touching devices, and check that a resumed workdir belongs
+to this config. Then `experiments.loop.run` creates the train state, restores
+the newest checkpoint if any, and steps, logs, evaluates and checkpoints.
 """
 
 import dataclasses
 import json
 import pathlib
-import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
 import lightquant
 import plt
 from lightquant import formats as lq_formats
-from experiments import checkpointing
-from experiments import metrics as metrics_lib
-from experiments import outputs
+from experiments import loop
 from experiments import sharding
 from experiments.data import corpus
-
-
-class TrainState(NamedTuple):
-  params: Any
-  opt_state: Any
-  step: jax.Array
-  # Raw uint32 data of the run's root key. Step-level randomness derives
-  # from it as fold_in(key, step), so the checkpointed root key and step
-  # reproduce every later key after a resume, even if config.seed changes.
-  rng: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,17 +224,6 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
         "--workdir for this config")
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warmup, cosine decay to min_lr_ratio and norm clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=train.learning_rate, warmup_steps=train.warmup_steps,
-      decay_steps=max(train.steps, train.warmup_steps + 1),
-      end_value=train.learning_rate * train.min_lr_ratio)
-  return optax.chain(
-      optax.clip_by_global_norm(train.grad_clip),
-      optax.adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay))
-
-
 def loss_fn(params, batch, model: plt.ModelConfig, dot_general):
   """Mean next-token cross-entropy over targets inside their document."""
   logits = plt.forward(params, batch["inputs"], model, batch["segment_ids"], dot_general)
@@ -261,115 +232,55 @@ def loss_fn(params, batch, model: plt.ModelConfig, dot_general):
   return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+class LmTask:
+  """Next-token prediction on packed sequences, as a `loop.Task`.
 
+  The data state is the batch iterator's step, saved as "data_step".
+  """
 
-def make_train_step(exp: Experiment, optimizer):
-  """One optimizer step; returns the new state and scalar metrics."""
+  unit = "tokens"
 
-  def step(state: TrainState, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, exp.model, exp.dot_general)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"train/loss": loss, "train/grad_norm": _global_norm(grads),
-               "train/param_norm": _global_norm(params), "train/update_norm": _global_norm(updates)}
-    return TrainState(params, opt_state, state.step + 1, state.rng), metrics
+  def __init__(self, exp: Experiment, config: ml_collections.ConfigDict):
+    self.exp, self.config = exp, config
+    self.units_per_step = config.train.batch_size * config.data.seq_len
+    self.iterator = corpus.BatchIterator(exp.train_data, config.train.batch_size, config.seed)
+    self.mesh = None
+    self._eval_step = jax.jit(lambda p, b: loss_fn(p, b, exp.model, exp.dot_general))
 
-  return step
+  def init_params(self, key):
+    return plt.init_params(key, self.exp.model)
 
+  def loss(self, params, batch, key):
+    del key  # next-token prediction draws no randomness
+    return loss_fn(params, batch, self.exp.model, self.exp.dot_general), {}
 
-def evaluate(params, exp: Experiment, eval_step, config, mesh) -> dict[str, float]:
-  """Mean eval loss over a fixed, deterministic set of eval batches."""
-  data = exp.eval_data
-  batch_size = min(config.train.batch_size, len(data))
-  losses = []
-  for i in range(config.train.eval_batches):
-    indices = (np.arange(batch_size) + i * batch_size) % len(data)
-    batch = sharding.shard_batch(data.batch(indices), mesh)
-    losses.append(float(eval_step(params, batch)))
-  loss = float(np.mean(losses))
-  return {"eval/loss": loss, "eval/bits_per_byte": loss / np.log(2)}
+  def next_batch(self, step, params, key):
+    del step, params, key
+    return self.iterator.next(), {}
 
+  def evaluate(self, params) -> dict[str, float]:
+    """Mean eval loss over a fixed, deterministic set of eval batches."""
+    data, train = self.exp.eval_data, self.config.train
+    batch_size = min(train.batch_size, len(data))
+    mesh = sharding.make_mesh(self.config.mesh)
+    losses = []
+    for i in range(train.eval_batches):
+      indices = (np.arange(batch_size) + i * batch_size) % len(data)
+      batch = sharding.shard_batch(data.batch(indices), mesh)
+      losses.append(float(self._eval_step(params, batch)))
+    loss = float(np.mean(losses))
+    return {"eval/loss": loss, "eval/bits_per_byte": loss / np.log(2)}
 
-class RunResult(NamedTuple):
-  metrics: dict[str, float]  # the last logged metrics
-  params: Any  # the final parameters
+  def data_state(self) -> dict:
+    return {"data_step": self.iterator.step}
+
+  def restore(self, data_state: dict) -> None:
+    self.iterator.step = data_state["data_step"]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-        exp: Experiment | None = None) -> RunResult:
-  """Train (or resume) the run in `workdir`; return its last metrics and params."""
+        exp: Experiment | None = None) -> loop.RunResult:
+  """Train (or resume) the language model run in `workdir`; return its last metrics and params."""
   exp = build(config) if exp is None else exp
-  workdir = pathlib.Path(workdir)
   check_resume(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh)
-  is_main = jax.process_index() == 0
-  if is_main:
-    outputs.write_json(workdir / "config.json", config.to_dict())
-
-  optimizer = make_optimizer(config.train)
-
-  def init(key):
-    params = plt.init_params(key, exp.model)  # the same key as before the rng field existed
-    run_key = jax.random.fold_in(key, 1)
-    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
-                      jax.random.key_data(run_key))
-
-  key = jax.random.key(config.seed)
-  abstract = jax.eval_shape(init, key)
-  state_sharding = sharding.state_shardings(abstract, mesh)
-  state = jax.jit(init, out_shardings=state_sharding)(key)
-
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
-  log = metrics_lib.MetricsLog(workdir / "metrics.jsonl")
-  start_step, data_step, last = 0, 0, {}
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state, extra = checkpointer.restore(latest, checkpointing.abstract_like(state))
-    start_step, data_step, last = latest, extra["data_step"], extra["last_metrics"]
-    logging.info("Resumed from step %d in %s", latest, workdir)
-  if is_main:
-    log.truncate(start_step)
-  tensorboard = metrics_lib.TensorBoardWriter(workdir / "tensorboard") if is_main else None
-
-  iterator = corpus.BatchIterator(exp.train_data, config.train.batch_size, config.seed, data_step)
-  train_step = jax.jit(make_train_step(exp, optimizer), donate_argnums=0,
-                       out_shardings=(state_sharding, None))
-  eval_step = jax.jit(lambda p, b: loss_fn(p, b, exp.model, exp.dot_general))
-  tokens_per_step = config.train.batch_size * config.data.seq_len
-
-  bar = tqdm(total=config.train.steps, initial=start_step, desc="train", unit="step",
-             disable=not is_main, mininterval=1.0)
-  try:
-    tick = time.perf_counter()
-    for step in range(start_step + 1, config.train.steps + 1):
-      batch = sharding.shard_batch(iterator.next(), mesh)
-      state, step_metrics = train_step(state, batch)
-      loss = float(step_metrics["train/loss"])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"non-finite loss {loss} at step {step}; last finite metrics: {last}")
-      if step % config.train.log_every == 0 or step == config.train.steps:
-        values = {k: float(v) for k, v in step_metrics.items()}
-        elapsed = time.perf_counter() - tick
-        values["train/tokens_per_second"] = tokens_per_step * config.train.log_every / max(elapsed, 1e-9)
-        tick = time.perf_counter()
-        if step % config.train.eval_every == 0 or step == config.train.steps:
-          values.update(evaluate(state.params, exp, eval_step, config, mesh))
-        last = {k: v for k, v in values.items() if k != "train/tokens_per_second"}
-        if is_main:
-          log.write(step, values)
-          tensorboard.write(step, values)
-        bar.set_postfix(loss=f"{values['train/loss']:.3f}",
-                        tok_s=f"{values['train/tokens_per_second']:.0f}")
-      bar.update(1)
-      if step % config.train.checkpoint_every == 0 or step == config.train.steps:
-        checkpointer.save(step, state, {"data_step": iterator.step, "last_metrics": last})
-  finally:
-    bar.close()
-  checkpointer.close()
-  if tensorboard is not None:
-    tensorboard.close()
-  return RunResult(last, state.params)
+  return loop.run(LmTask(exp, config), config, workdir)
