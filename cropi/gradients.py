@@ -63,8 +63,25 @@ def _pad_to(batch: Any, total: int) -> Any:
   return jax.tree.map(pad, batch)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size", "projector"))
 def _chunked(params, batch, *, loss_fn, chunk_size, projector):
+  """Dispatch to the compiled path: pytree projectors are arguments, others are static."""
+  if isinstance(projector, jax.tree_util.Partial):
+    return _chunked_dynamic(params, batch, projector, loss_fn=loss_fn, chunk_size=chunk_size)
+  return _chunked_static(params, batch, loss_fn=loss_fn, chunk_size=chunk_size,
+                         projector=projector)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size"))
+def _chunked_dynamic(params, batch, projector, *, loss_fn, chunk_size):
+  return _chunked_impl(params, batch, loss_fn=loss_fn, chunk_size=chunk_size, projector=projector)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk_size", "projector"))
+def _chunked_static(params, batch, *, loss_fn, chunk_size, projector):
+  return _chunked_impl(params, batch, loss_fn=loss_fn, chunk_size=chunk_size, projector=projector)
+
+
+def _chunked_impl(params, batch, *, loss_fn, chunk_size, projector):
   n = batch_size(batch)
   num_chunks = -(-n // chunk_size)
   padded = _pad_to(batch, num_chunks * chunk_size)
@@ -96,8 +113,10 @@ def per_example_grads(loss_fn: Callable[[Any, Any], jax.Array], params: Any, bat
   the next chunk starts, so the output is [N, k] and full gradients never
   leave the device in bulk.
 
-  The function is jitted with `loss_fn` and `projector` as static arguments:
-  pass the same objects on every call to reuse the compiled program.
+  The function is jitted with `loss_fn` as a static argument, and with the
+  projector static too unless it is a `jax.tree_util.Partial` (such as
+  ``Projector.dense()``), whose arrays are passed as arguments. Pass the same
+  objects on every call to reuse the compiled program.
 
   Args:
     loss_fn: ``loss_fn(params, example) -> scalar`` for one example.
@@ -107,7 +126,9 @@ def per_example_grads(loss_fn: Callable[[Any, Any], jax.Array], params: Any, bat
     chunk_size: examples per vmapped chunk; None runs all N at once. N need
       not be a multiple: the last chunk is padded with copies of example 0
       whose rows are dropped.
-    projector: optional callable mapping [C, D] float32 rows to [C, k].
+    projector: optional callable mapping [C, D] float32 rows to [C, k]: a
+      hashable callable such as a `cropi.Projector`, or a
+      `jax.tree_util.Partial`.
 
   Returns:
     [N, D] float32 gradients, or [N, k] with a projector.

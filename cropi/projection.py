@@ -280,6 +280,30 @@ class Projector:
     matrix[self.kept_indices] = kept_rows
     return matrix
 
+  def dense(self) -> jax.tree_util.Partial:
+    """Return the same map with R generated once and kept: a pytree callable [N, d] -> [N, k].
+
+    ``projector.dense()(x)`` equals ``projector(x)`` up to float32 summation
+    order, and costs one matrix product per call instead of generating R
+    again. It holds input_dim * proj_dim * 4 bytes. Being a pytree whose
+    matrix is a leaf, it can be passed to `cropi.per_example_grads`, which
+    then hands the matrix to the compiled program as an argument rather than
+    baking it in as a constant.
+    """
+    return jax.tree_util.Partial(_dense_fn(jnp.dtype(self.input_dtype).name),
+                                 jnp.asarray(self.materialize()))
+
+
+def _apply_dense(matrix: jax.Array, x: jax.Array, *, input_dtype: str) -> jax.Array:
+  rows = jnp.asarray(x).astype(input_dtype).astype(jnp.float32)
+  return rows @ matrix
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_fn(input_dtype: str):
+  # One function object per dtype, so dense projectors share compiled programs.
+  return functools.partial(_apply_dense, input_dtype=input_dtype)
+
 
 def _check_arguments(input_dim, proj_dim, kind, keep_ratio, seed, block_size, density) -> None:
   if kind not in PROJECTION_KINDS:

@@ -91,7 +91,7 @@ def working_memory(params, loss, batch, chunks, projector) -> list:
   cases = [(batch, c, None) for c in chunks] + [(bigger, chunks[1], None), (batch, chunks[1], projector),
                                                (bigger, chunks[1], projector)]
   for data, chunk, proj in cases:
-    compiled = cropi.gradients._chunked.lower(params, data, loss_fn=loss, chunk_size=chunk,
+    compiled = cropi.gradients._chunked_static.lower(params, data, loss_fn=loss, chunk_size=chunk,
                                               projector=proj).compile()
     analysis = compiled.memory_analysis()
     rows.append({"prompts": cropi.gradients.batch_size(data), "chunk": chunk,

@@ -7,6 +7,7 @@ import pytest
 
 from cropi import gradients
 from cropi import objectives
+from cropi import projection
 from tests.cropi import helpers
 
 LOSS = objectives.make_prompt_loss(helpers.log_prob_fn)
@@ -83,7 +84,7 @@ def test_working_memory_follows_the_chunk_not_the_number_of_examples():
 
   def temp_bytes(n, chunk):
     batch = {"x": jnp.ones((n, 16, 128))}
-    compiled = gradients._chunked.lower(params, batch, loss_fn=loss, chunk_size=chunk,
+    compiled = gradients._chunked_static.lower(params, batch, loss_fn=loss, chunk_size=chunk,
                                         projector=None).compile()
     analysis = compiled.memory_analysis()
     if analysis is None:
@@ -126,3 +127,15 @@ def test_compiles_once_per_shape():
   for _ in range(3):
     gradients.per_example_grads(loss, jnp.ones(3), batch, chunk_size=2)
   assert len(calls) == 1
+
+
+def test_dense_projector_is_passed_as_an_argument(reference):
+  projector = projection.make_projector(reference.shape[1], 6, kind="sparse", keep_ratio=0.5, seed=4)
+  dense = projector.dense()
+  got = gradients.per_example_grads(LOSS, PARAMS, BATCH, chunk_size=3, projector=dense)
+  blockwise = gradients.per_example_grads(LOSS, PARAMS, BATCH, chunk_size=3, projector=projector)
+  np.testing.assert_allclose(got, blockwise, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got, reference @ projector.materialize(), rtol=1e-4, atol=1e-6)
+  lowered = gradients._chunked_dynamic.lower(PARAMS, BATCH, dense, loss_fn=LOSS, chunk_size=3)
+  argument_shapes = [info.shape for info in jax.tree.leaves(lowered.args_info)]
+  assert (reference.shape[1], 6) in argument_shapes  # the matrix is an argument, not a constant
