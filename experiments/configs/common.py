@@ -108,3 +108,84 @@ def mesh_config() -> ml_collections.ConfigDict:
   c.fsdp = 1  # parameter-sharding axis size
   c.multi_host = False  # call jax.distributed.initialize() first
   return c
+
+
+# Sizes of the CROPI study per preset: task, policy, warm-up and GRPO.
+_RLVR_PRESETS = {
+    "smoke": dict(pool=30, valid=6, evaluation=6, width=32, layers=1, warmup_steps=150,
+                  warmup_batch=16, samples=4, samples_valid=4, steps=6, prompts=4, group=4,
+                  stage_steps=2, proj_dim=64),
+    "cpu": dict(pool=600, valid=30, evaluation=60, width=64, layers=2, warmup_steps=1200,
+                warmup_batch=64, samples=8, samples_valid=32, steps=240, prompts=16, group=8,
+                stage_steps=8, proj_dim=1024),
+    "paper": dict(pool=6000, valid=300, evaluation=300, width=256, layers=4, warmup_steps=20000,
+                  warmup_batch=128, samples=8, samples_valid=32, steps=1000, prompts=128, group=8,
+                  stage_steps=100, proj_dim=32768),
+}
+
+
+def rlvr_config(preset: str) -> ml_collections.ConfigDict:
+  """The sections shared by the CROPI studies: task, model, warm-up, offline rollouts, GRPO.
+
+  Defaults follow CROPI's released pipeline where it has one ("Data-Efficient
+  RLVR via Off-Policy Influence Guidance", arXiv 2510.26491): 8 offline samples
+  per pool prompt and 32 per validation prompt at temperature 0.5, GRPO groups
+  of 8 at temperature 1.0, KL coefficient 0.001, clip 0.2, a constant learning
+  rate and 10% of the pool per stage. Sizes shrink to what 2 CPU cores finish.
+  """
+  s = _RLVR_PRESETS[preset]
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # seed of the task splits, the warm-up and the offline rollouts
+  config.shared_dir = ""  # folder for the warm-up and offline rollouts; empty uses the workdir
+
+  config.task = ml_collections.ConfigDict()
+  config.task.families = "add,mul,mod,sort,digitsum"  # problem families in the pool
+  config.task.targeted = "add,mul"  # families with a validation set (influence targets)
+  config.task.difficulties = "1,2,3"  # difficulty levels drawn for every family
+  config.task.pool_size = s["pool"]  # training pool size N
+  config.task.valid_size = s["valid"]  # validation prompts per targeted family
+  config.task.eval_size = s["evaluation"]  # held-out evaluation prompts per family
+  config.task.max_new_tokens = 16  # completion budget, end token included
+
+  config.model = model_config(d_model=s["width"], num_layers=s["layers"], head_dim=16,
+                              ffn_dim=3 * s["width"], window=16)
+
+  config.warmup = train_config(steps=s["warmup_steps"], batch_size=s["warmup_batch"],
+                               learning_rate=3e-3)
+  config.warmup.weight_decay = 0.0  # the pool is small; decay only slows memorisation
+
+  config.offline = ml_collections.ConfigDict()
+  config.offline.num_samples = s["samples"]  # K, samples per pool prompt
+  config.offline.num_samples_valid = s["samples_valid"]  # K_v, samples per validation prompt
+  config.offline.temperature = 0.5  # sampling temperature of the behaviour policy
+  config.offline.tempered_behaviour = False  # behaviour log-probs at 0.5 instead of 1.0
+
+  config.train = train_config(steps=s["steps"], batch_size=s["prompts"], learning_rate=1e-4)
+  config.train.min_lr_ratio = 1.0  # constant learning rate after warmup, as in verl's GRPO
+  config.train.warmup_steps = 1  # no warmup beyond the first step
+  config.train.weight_decay = 0.0  # no decay, so the policy only moves where rewards push it
+  config.train.eval_every = max(1, s["steps"] // 24)  # evaluations along the run
+  config.train.log_every = config.train.eval_every  # log at every evaluation
+  config.train.checkpoint_every = s["stage_steps"]  # stage boundaries, so a resume keeps selections
+
+  config.grpo = ml_collections.ConfigDict()
+  config.grpo.group_size = s["group"]  # samples per prompt per step
+  config.grpo.temperature = 1.0  # rollout temperature
+  config.grpo.kl_coef = 0.001  # k3 KL to the warmed-up policy; 0 skips the reference pass
+  config.grpo.clip_low = 0.2  # PPO clip below 1; negative disables clipping
+  config.grpo.clip_high = 0.2  # PPO clip above 1 (DAPO's clip-higher when larger)
+  config.grpo.aggregation = "seq_mean_token_mean"  # or "token_mean"
+  config.grpo.adv_eps = 1e-4  # added to the group std
+
+  config.cropi = ml_collections.ConfigDict()
+  config.cropi.select_ratio = 0.1  # fraction of the whole pool selected per stage
+  config.cropi.steps_per_stage = s["stage_steps"]  # GRPO steps between reselections
+  config.cropi.proj_dim = s["proj_dim"]  # projected dimension k (capped at the parameter count)
+  config.cropi.proj_type = "gaussian"  # "gaussian", "rademacher" or "sparse"
+  config.cropi.keep_ratio = 1.0  # coordinate dropout keep ratio q
+  config.cropi.proj_seed = 0  # seed of the mask, the matrix and the validation draw
+  config.cropi.max_valid_prompts = 100  # validation prompts averaged per set
+  config.cropi.chunk_size = 16  # prompts per vmapped gradient chunk
+  config.cropi.dense_projection = True  # keep R in memory (fast on CPU) instead of regenerating it
+  config.mesh = mesh_config()
+  return config

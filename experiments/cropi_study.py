@@ -1,0 +1,179 @@
+"""The CROPI study end to end: warm-up, offline rollouts, then GRPO arms over seeds.
+
+Every stage is resumable: the warm-up is a run of the shared loop in
+``<shared>/warmup``, the offline stores are .npz files in ``<shared>/offline``
+written once, and every arm and seed is its own loop run in
+``<workdir>/arms/<arm>/seed_<s>``. ``<shared>`` is config.shared_dir, or the
+workdir when that is empty, so several studies can share one behaviour policy.
+"""
+
+import json
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+import cropi
+from experiments import loop
+from experiments import metrics as metrics_lib
+from experiments import outputs
+from experiments import rlvr
+from experiments import train
+
+
+class Policy(NamedTuple):
+  """The behaviour policy and its offline trajectories."""
+
+  setup: rlvr.Setup
+  beta: Any  # parameters of the warmed-up behaviour policy
+  pool: cropi.OfflineStore
+  valid: dict  # target family -> OfflineStore
+  summary: dict  # pass-rate statistics of the stores
+
+
+def shared_dir(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
+  return pathlib.Path(config.shared_dir or workdir)
+
+
+def _identity(config: ml_collections.ConfigDict, sections: tuple) -> ml_collections.ConfigDict:
+  """A config holding only `sections`, the keys that define one sub-run."""
+  sub = ml_collections.ConfigDict()
+  for name in sections:
+    value = config[name]
+    sub[name] = ml_collections.ConfigDict(value.to_dict()) if hasattr(value, "to_dict") else value
+  return sub
+
+
+def warmup_config(config: ml_collections.ConfigDict, setup: rlvr.Setup) -> ml_collections.ConfigDict:
+  """The shared loop's config of the supervised warm-up."""
+  sub = _identity(config, ("seed", "task", "model", "mesh"))
+  sub.train = ml_collections.ConfigDict(config.warmup.to_dict())
+  sub.data = ml_collections.ConfigDict({"seq_len": setup.prompt_len + setup.max_new_tokens - 1})
+  return sub
+
+
+def prepare_policy(config: ml_collections.ConfigDict, workdir) -> Policy:
+  """Warm up the behaviour policy and collect its offline rollouts, or load both."""
+  setup = rlvr.build_setup(config)
+  root = shared_dir(config, workdir)
+  warm_cfg = warmup_config(config, setup)
+  exp = train.Experiment(setup.model, None, rlvr.supervised_data(setup, setup.splits.pool),
+                         rlvr.supervised_data(setup, [p for v in setup.splits.valid.values() for p in v]))
+  train.check_resume(warm_cfg, root / "warmup")
+  logging.info("Warm-up: supervised training on the pool's worked solutions")
+  beta = train.run(warm_cfg, root / "warmup", exp).params
+
+  offline = root / "offline"
+  offline.mkdir(parents=True, exist_ok=True)
+  o = config.offline
+  key = jax.random.key(config.seed)
+  pool = rlvr.load_or_collect(offline / "pool.npz", lambda: rlvr.collect_store(
+      beta, setup, setup.pool, o.num_samples, o.temperature, jax.random.fold_in(key, 0),
+      o.tempered_behaviour))
+  valid = {}
+  for i, (family, encoded) in enumerate(setup.valid.items()):
+    valid[family] = rlvr.load_or_collect(offline / f"valid_{family}.npz", lambda e=encoded, i=i: (
+        rlvr.collect_store(beta, setup, e, o.num_samples_valid, o.temperature,
+                           jax.random.fold_in(key, i + 1), o.tempered_behaviour)))
+  summary = store_summary(setup, pool, valid)
+  outputs.write_json(offline / "summary.json", summary)
+  return Policy(setup, beta, pool, valid, summary)
+
+
+def store_summary(setup: rlvr.Setup, pool: cropi.OfflineStore, valid: dict) -> dict:
+  """Pass-rate statistics: the share of prompts with 0 < p < 1 decides what GRPO can learn."""
+  rates = pool.pass_rates
+  learnable = (rates > 0) & (rates < 1)
+  families = {}
+  for family in {p.family for p in setup.pool.problems}:
+    rows = np.array([p.family == family for p in setup.pool.problems])
+    families[family] = {"learnable_share": float(np.mean(learnable[rows])),
+                        "mean_pass_rate": float(np.mean(rates[rows]))}
+  return {
+      "pool_prompts": pool.num_prompts, "pool_hash": pool.content_hash,
+      "learnable_share": float(np.mean(learnable)), "mean_pass_rate": float(np.mean(rates)),
+      "families": families,
+      "valid": {f: {"prompts": s.num_prompts, "learnable_share": float(np.mean(
+          (s.pass_rates > 0) & (s.pass_rates < 1))), "hash": s.content_hash} for f, s in valid.items()},
+  }
+
+
+def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
+  """The identity of one GRPO arm and seed, checked when its workdir is resumed."""
+  sub = _identity(config, ("task", "model", "warmup", "offline", "grpo", "cropi", "train", "mesh"))
+  sub.seed = seed
+  sub.arm = arm
+  return sub
+
+
+def run_arms(config: ml_collections.ConfigDict, workdir, policy: Policy) -> dict:
+  """Train every arm for every seed; return arm -> seed -> metrics rows."""
+  arms = rlvr.parse_list(config.arms, "arms", tuple(rlvr.ARM_RULES))
+  seeds = [int(s) for s in rlvr.parse_list(config.seeds, "seeds")]
+  scorer = None
+  if any(rlvr.ARM_RULES[a] in cropi.curriculum.INFLUENCE_RULES for a in arms):
+    scorer = rlvr.make_scorer(policy.setup, config, policy.pool, policy.valid, policy.beta)
+  rows = {}
+  for arm in arms:
+    rows[arm] = {}
+    for seed in seeds:
+      directory = pathlib.Path(workdir) / "arms" / arm / f"seed_{seed}"
+      sub = arm_config(config, arm, seed)
+      train.check_resume(sub, directory)
+      directory.mkdir(parents=True, exist_ok=True)
+      logging.info("GRPO arm %s, seed %d", arm, seed)
+      task = rlvr.GrpoTask(policy.setup, sub, arm, seed, policy.beta, policy.pool, scorer,
+                           metrics_lib.MetricsLog(directory / "stages.jsonl"))
+      loop.run(task, sub, directory)
+      rows[arm][seed] = metrics_lib.MetricsLog(directory / "metrics.jsonl").read()
+  return rows
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Validate the study's config before any work; raises ValueError."""
+  rlvr.build_setup(config)
+  rlvr.parse_list(config.arms, "arms", tuple(rlvr.ARM_RULES))
+  for seed in rlvr.parse_list(config.seeds, "seeds"):
+    if not seed.isdigit():
+      raise ValueError(f"invalid seeds entry {seed!r}; expected non-negative integers")
+  c = config.cropi
+  if not 0 < c.select_ratio <= 1:
+    raise ValueError(f"invalid cropi.select_ratio {c.select_ratio}; expected a value in (0, 1]")
+  if c.steps_per_stage < 1 or c.steps_per_stage % config.train.checkpoint_every:
+    raise ValueError(f"invalid cropi.steps_per_stage {c.steps_per_stage}; expected a positive "
+                     f"multiple of train.checkpoint_every {config.train.checkpoint_every}, so a "
+                     "resumed run restarts each stage from its own checkpoint")
+  if c.proj_type not in cropi.PROJECTION_KINDS:
+    raise ValueError(f"invalid cropi.proj_type {c.proj_type!r}; valid values: "
+                     f"{', '.join(cropi.PROJECTION_KINDS)}")
+  if config.grpo.aggregation not in cropi.AGGREGATIONS:
+    raise ValueError(f"invalid grpo.aggregation {config.grpo.aggregation!r}; valid values: "
+                     f"{', '.join(cropi.AGGREGATIONS)}")
+  if config.grpo.group_size < 2:
+    raise ValueError(f"invalid grpo.group_size {config.grpo.group_size}; GRPO needs >= 2")
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir) -> None:
+  """Raise ValueError if any sub-run in the workdirs was started with another config."""
+  setup = rlvr.build_setup(config)
+  train.check_resume(warmup_config(config, setup), shared_dir(config, workdir) / "warmup")
+  for arm in rlvr.parse_list(config.arms, "arms", tuple(rlvr.ARM_RULES)):
+    for seed in rlvr.parse_list(config.seeds, "seeds"):
+      directory = pathlib.Path(workdir) / "arms" / arm / f"seed_{seed}"
+      train.check_resume(arm_config(config, arm, int(seed)), directory)
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> dict:
+  """The GRPO comparison: every arm and seed, then the step-ratio table and plots."""
+  start = time.perf_counter()
+  policy = prepare_policy(config, workdir)
+  rows = run_arms(config, workdir, policy)
+  from experiments import cropi_reports  # pylint: disable=g-import-not-at-top
+  result = cropi_reports.write_grpo_report(pathlib.Path(workdir), config, rows, policy.summary)
+  result["seconds"] = time.perf_counter() - start
+  outputs.write_json(pathlib.Path(workdir) / "rows.json", json.loads(json.dumps(result, default=float)))
+  return result
