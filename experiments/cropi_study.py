@@ -50,18 +50,23 @@ def _identity(config: ml_collections.ConfigDict, sections: tuple) -> ml_collecti
 
 def warmup_config(config: ml_collections.ConfigDict, setup: rlvr.Setup) -> ml_collections.ConfigDict:
   """The shared loop's config of the supervised warm-up."""
-  sub = _identity(config, ("seed", "task", "model", "mesh"))
+  sub = _identity(config, ("seed", "task", "model", "mesh", "warmup_problems"))
   sub.train = ml_collections.ConfigDict(config.warmup.to_dict())
   sub.data = ml_collections.ConfigDict({"seq_len": setup.prompt_len + setup.max_new_tokens - 1})
   return sub
 
 
 def prepare_policy(config: ml_collections.ConfigDict, workdir) -> Policy:
-  """Warm up the behaviour policy and collect its offline rollouts, or load both."""
+  """Warm up the behaviour policy and collect its offline rollouts, or load both.
+
+  The warm-up trains on generated problems outside the pool and the held-out
+  sets, so the pool's pass rates measure generalisation, not memory.
+  """
   setup = rlvr.build_setup(config)
   root = shared_dir(config, workdir)
   warm_cfg = warmup_config(config, setup)
-  exp = train.Experiment(setup.model, None, rlvr.supervised_data(setup, setup.splits.pool),
+  problems = rlvr.warmup_problems(setup, config.warmup_problems, config.seed)
+  exp = train.Experiment(setup.model, None, rlvr.supervised_data(setup, problems),
                          rlvr.supervised_data(setup, [p for v in setup.splits.valid.values() for p in v]))
   train.check_resume(warm_cfg, root / "warmup")
   logging.info("Warm-up: supervised training on the pool's worked solutions")
@@ -104,7 +109,8 @@ def store_summary(setup: rlvr.Setup, pool: cropi.OfflineStore, valid: dict) -> d
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
   """The identity of one GRPO arm and seed, checked when its workdir is resumed."""
-  sub = _identity(config, ("task", "model", "warmup", "offline", "grpo", "cropi", "train", "mesh"))
+  sub = _identity(config, ("task", "model", "warmup", "warmup_problems", "offline", "grpo", "cropi",
+                           "train", "mesh"))
   sub.seed = seed
   sub.arm = arm
   return sub

@@ -118,6 +118,34 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
       prompt_len=prompt_len, max_new_tokens=task.max_new_tokens)
 
 
+def warmup_problems(setup: Setup, count: int, seed: int) -> list:
+  """`count` generated problems outside every split, for supervised warm-up.
+
+  Warming up on the pool itself would memorise it, leaving every pool prompt
+  at pass rate 1 and nothing for GRPO or the selection rules to act on. The
+  draws repeat problems where a family's space is small.
+  """
+  taken = {p.prompt for p in setup.splits.pool}
+  taken |= {p.prompt for v in setup.splits.valid.values() for p in v}
+  taken |= {p.prompt for v in setup.splits.evaluation.values() for p in v}
+  families = sorted({p.family for p in setup.splits.pool})
+  difficulties = sorted({p.difficulty for p in setup.splits.pool})
+  rng = np.random.default_rng([seed, 7])
+  problems = []
+  attempts = 0
+  while len(problems) < count:
+    attempts += 1
+    if attempts > 100 * count:
+      raise ValueError(f"could not draw {count} warm-up problems outside the splits; "
+                       "lower task.pool_size, task.valid_size or task.eval_size")
+    family = families[len(problems) % len(families)]
+    difficulty = difficulties[int(rng.integers(len(difficulties)))]
+    problem = tasks.generate_problem(family, difficulty, rng)
+    if problem.prompt not in taken:
+      problems.append(problem)
+  return problems
+
+
 def supervised_data(setup: Setup, problems) -> policy.SupervisedSequences:
   """Prompt + worked solution rows for the warm-up loop."""
   encoded = Encoded.build(problems, setup.tokenizer, setup.prompt_len)

@@ -152,7 +152,7 @@ def rlvr_config(preset: str) -> ml_collections.ConfigDict:
 
   config.warmup = train_config(steps=s["warmup_steps"], batch_size=s["warmup_batch"],
                                learning_rate=3e-3)
-  config.warmup.weight_decay = 0.0  # the pool is small; decay only slows memorisation
+  config.warmup_problems = 20 * s["pool"]  # generated warm-up problems outside every split
 
   config.offline = ml_collections.ConfigDict()
   config.offline.num_samples = s["samples"]  # K, samples per pool prompt
