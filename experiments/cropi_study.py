@@ -142,8 +142,11 @@ def run_arms(config: ml_collections.ConfigDict, workdir, policy: Policy) -> dict
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Validate the study's config before any work; raises ValueError."""
   rlvr.build_setup(config)
-  rlvr.parse_list(config.arms, "arms", tuple(rlvr.ARM_RULES))
-  for seed in rlvr.parse_list(config.seeds, "seeds"):
+  _arms(config)
+  if config.experiment == "cropi_projection":
+    from experiments import cropi_probes  # pylint: disable=g-import-not-at-top
+    cropi_probes.check_probe(config.probe)
+  for seed in _seeds(config):
     if not seed.isdigit():
       raise ValueError(f"invalid seeds entry {seed!r}; expected non-negative integers")
   c = config.cropi
@@ -163,12 +166,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"invalid grpo.group_size {config.grpo.group_size}; GRPO needs >= 2")
 
 
+def _arms(config) -> tuple:
+  if "arms" not in config:
+    return ("full",)  # the probes train one full-pool run
+  return rlvr.parse_list(config.arms, "arms", tuple(rlvr.ARM_RULES))
+
+
+def _seeds(config) -> tuple:
+  return rlvr.parse_list(config.seeds, "seeds") if "seeds" in config else (str(config.seed),)
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir) -> None:
   """Raise ValueError if any sub-run in the workdirs was started with another config."""
   setup = rlvr.build_setup(config)
   train.check_resume(warmup_config(config, setup), shared_dir(config, workdir) / "warmup")
-  for arm in rlvr.parse_list(config.arms, "arms", tuple(rlvr.ARM_RULES)):
-    for seed in rlvr.parse_list(config.seeds, "seeds"):
+  if "arms" not in config:
+    train.check_resume(arm_config(config, "full", config.seed), pathlib.Path(workdir) / "grpo")
+    return
+  for arm in _arms(config):
+    for seed in _seeds(config):
       directory = pathlib.Path(workdir) / "arms" / arm / f"seed_{seed}"
       train.check_resume(arm_config(config, arm, int(seed)), directory)
 

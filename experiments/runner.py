@@ -6,6 +6,7 @@ import time
 
 import ml_collections
 
+from experiments import cropi_probes
 from experiments import cropi_study
 from experiments import lightquant_direct_cast
 from experiments import lightquant_qsnr_sweep
@@ -17,7 +18,9 @@ from experiments.data import minilm
 
 # "lm": one training run. "lm_table": several arms and a comparison table.
 # "qsnr_sweep" and "direct_cast": lightquant studies without training.
-EXPERIMENTS = ("lm", "lm_table", "qsnr_sweep", "direct_cast", "cropi_grpo")
+EXPERIMENTS = ("lm", "lm_table", "qsnr_sweep", "direct_cast", "cropi_grpo", "cropi_projection",
+               "cropi_offpolicy")
+CROPI_EXPERIMENTS = ("cropi_grpo", "cropi_projection", "cropi_offpolicy")
 # The module of the command line that run_info.json records for every experiment.
 MAIN_MODULE = "experiments.main"
 
@@ -72,7 +75,7 @@ def prepare(config: ml_collections.ConfigDict):
   if config.experiment in ("qsnr_sweep", "direct_cast"):
     _check_study(config)
     return None
-  if config.experiment == "cropi_grpo":
+  if config.experiment in CROPI_EXPERIMENTS:
     cropi_study.check_config(config)
     return None
   return train.build(config)
@@ -91,7 +94,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     train.check_resume(config, workdir)
   elif config.experiment == "lm_table":
     tables.check_resume(config, workdir)
-  elif config.experiment == "cropi_grpo":
+  elif config.experiment in CROPI_EXPERIMENTS:
     cropi_study.check_resume(config, workdir)
 
 
@@ -104,10 +107,12 @@ def run(experiment, config: ml_collections.ConfigDict, workdir: str) -> dict:
     outputs.write_json(out / "config.json", config.to_dict())
     study = lightquant_qsnr_sweep if config.experiment == "qsnr_sweep" else lightquant_direct_cast
     return study.main(_sweep_args(config, out), command=command_line())
-  if config.experiment == "cropi_grpo":
+  if config.experiment in CROPI_EXPERIMENTS:
     out.mkdir(parents=True, exist_ok=True)
     outputs.write_json(out / "config.json", config.to_dict())
-    result = cropi_study.run(config, out)
+    study = {"cropi_grpo": cropi_study.run, "cropi_projection": cropi_probes.run_projection,
+             "cropi_offpolicy": cropi_probes.run_offpolicy}[config.experiment]
+    result = study(config, out)
     outputs.write_run_info(out, outputs.run_info(command_line(), time.perf_counter() - start))
     return result
   if config.experiment == "lm_table":

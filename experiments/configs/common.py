@@ -140,7 +140,10 @@ def rlvr_config(preset: str) -> ml_collections.ConfigDict:
 
   config.task = ml_collections.ConfigDict()
   config.task.families = "add,mul,mod,sort,digitsum"  # problem families in the pool
-  config.task.targeted = "add,mul"  # families with a validation set (influence targets)
+  # Families with a validation set (influence targets). On this scale GRPO
+  # gains on mod and digitsum carry over to held-out problems, while add and
+  # mul gains stay on the trained prompts.
+  config.task.targeted = "mod,digitsum"
   config.task.difficulties = "1,2,3"  # difficulty levels drawn for every family
   config.task.pool_size = s["pool"]  # training pool size N
   config.task.valid_size = s["valid"]  # validation prompts per targeted family
@@ -160,7 +163,8 @@ def rlvr_config(preset: str) -> ml_collections.ConfigDict:
   config.offline.temperature = 0.5  # sampling temperature of the behaviour policy
   config.offline.tempered_behaviour = False  # behaviour log-probs at 0.5 instead of 1.0
 
-  config.train = train_config(steps=s["steps"], batch_size=s["prompts"], learning_rate=1e-4)
+  # 3e-4 for a decoder of about 1e5 parameters; 1e-3 collapsed the reward here.
+  config.train = train_config(steps=s["steps"], batch_size=s["prompts"], learning_rate=3e-4)
   config.train.min_lr_ratio = 1.0  # constant learning rate after warmup, as in verl's GRPO
   config.train.warmup_steps = 1  # no warmup beyond the first step
   config.train.weight_decay = 0.0  # no decay, so the policy only moves where rewards push it

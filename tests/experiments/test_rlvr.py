@@ -138,7 +138,7 @@ def test_rerun_resumes_without_training_again(study):
 @pytest.mark.parametrize("override, message", [
     ("--config.arms=full,best", "invalid arms entries ['best']"),
     ("--config.cropi.steps_per_stage=3", "invalid cropi.steps_per_stage 3"),
-    ("--config.task.targeted=add,div", "invalid task.targeted entries ['div']"),
+    ("--config.task.targeted=mod,div", "invalid task.targeted entries ['div']"),
     ("--config.grpo.group_size=1", "invalid grpo.group_size 1"),
 ])
 def test_bad_study_override_exits_2(tmp_path, override, message):
@@ -148,3 +148,41 @@ def test_bad_study_override_exits_2(tmp_path, override, message):
   assert len(lines) == 1, result.stderr
   assert message in lines[0]
   assert not (tmp_path / "bad").exists()
+
+
+def _probe(config_name, workdir, shared, *overrides):
+  command = [sys.executable, "-m", "experiments.main",
+             f"--config=experiments/configs/{config_name}.py:smoke", f"--workdir={workdir}",
+             f"--config.shared_dir={shared}", *overrides]
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_projection_probe_writes_its_grid(study, tmp_path):
+  shared, _ = study
+  result = _probe("cropi_projection", tmp_path / "e2", shared, "--config.probe.keep_ratios=1,0.5",
+                  "--config.probe.kinds=gaussian,sparse")
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads((tmp_path / "e2" / "rows.json").read_text())["rows"]
+  assert [(r["keep_ratio"], r["kind"], r["dtype"]) for r in rows] == [
+      (k, kind, d) for k in (1.0, 0.5) for kind in ("gaussian", "sparse")
+      for d in ("float32", "float16")]
+  assert all(0.0 <= r["precision_mean"] <= 1.0 for r in rows)
+  assert (tmp_path / "e2" / "precision_vs_keep_ratio.png").stat().st_size > 0
+
+
+def test_offpolicy_probe_is_exact_at_the_behaviour_policy(study, tmp_path):
+  shared, _ = study
+  result = _probe("cropi_offpolicy", tmp_path / "e1", shared)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads((tmp_path / "e1" / "rows.json").read_text())["rows"]
+  assert rows[0]["step"] == 0
+  assert rows[0]["kl_per_token"] == 0.0
+  assert rows[0]["same_samples_cosine_min"] > 1 - 1e-5
+  assert [r["step"] for r in rows[1:]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_projection_probe_rejects_bad_keep_ratio(tmp_path):
+  result = _probe("cropi_projection", tmp_path / "bad", tmp_path / "shared",
+                  "--config.probe.keep_ratios=1,1.5")
+  assert result.returncode == 2
+  assert "invalid probe.keep_ratios entry 1.5" in result.stderr
