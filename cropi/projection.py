@@ -285,7 +285,7 @@ class Projector:
 
     ``projector.dense()(x)`` equals ``projector(x)`` up to float32 summation
     order, and costs one matrix product per call instead of generating R
-    again. It holds input_dim * proj_dim * 4 bytes. Being a pytree whose
+    again. It takes input_dim * proj_dim * 4 bytes of memory. Being a pytree whose
     matrix is a leaf, it can be passed to `cropi.per_example_grads`, which
     then hands the matrix to the compiled program as an argument rather than
     baking it in as a constant.

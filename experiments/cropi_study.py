@@ -40,7 +40,7 @@ def shared_dir(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
 
 
 def _identity(config: ml_collections.ConfigDict, sections: tuple) -> ml_collections.ConfigDict:
-  """A config holding only `sections`, the keys that define one sub-run."""
+  """Copy only `sections` of the config: the keys that define one sub-run."""
   sub = ml_collections.ConfigDict()
   for name in sections:
     value = config[name]
@@ -49,7 +49,7 @@ def _identity(config: ml_collections.ConfigDict, sections: tuple) -> ml_collecti
 
 
 def warmup_config(config: ml_collections.ConfigDict, setup: rlvr.Setup) -> ml_collections.ConfigDict:
-  """The shared loop's config of the supervised warm-up."""
+  """Build the shared loop's config of the supervised warm-up."""
   sub = _identity(config, ("seed", "task", "model", "mesh", "warmup_problems"))
   sub.train = ml_collections.ConfigDict(config.warmup.to_dict())
   sub.data = ml_collections.ConfigDict({"seq_len": setup.prompt_len + setup.max_new_tokens - 1})
@@ -108,7 +108,7 @@ def store_summary(setup: rlvr.Setup, pool: cropi.OfflineStore, valid: dict) -> d
 
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, seed: int) -> ml_collections.ConfigDict:
-  """The identity of one GRPO arm and seed, checked when its workdir is resumed."""
+  """Build the config of one GRPO arm and seed, checked when its workdir is resumed."""
   sub = _identity(config, ("task", "model", "warmup", "warmup_problems", "offline", "grpo", "cropi",
                            "train", "mesh"))
   sub.seed = seed
@@ -190,7 +190,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
-  """The GRPO comparison: every arm and seed, then the step-ratio table and plots."""
+  """Run the GRPO comparison: every arm and seed, then the step-ratio table and plots."""
   start = time.perf_counter()
   policy = prepare_policy(config, workdir)
   rows = run_arms(config, workdir, policy)

@@ -1,9 +1,9 @@
 """The one training loop every experiment plugs into: state, resume, step, log, eval, checkpoint.
 
-An experiment supplies a `Task`: how to initialise the parameters, its loss,
-how to produce the batch of a step (from a data iterator, or by sampling
-from the current policy), how to evaluate, and the JSON state of its data
-position. The loop owns everything else.
+An experiment supplies a `Task` with five parts: parameter initialisation, the
+loss, the batch of a step (from a data iterator, or sampled from the current
+policy), evaluation, and the JSON state of its data position. The loop owns
+everything else.
 
 Resume order:
 1. Build the abstract train state with `jax.eval_shape` and its shardings.
@@ -53,7 +53,7 @@ class Task(Protocol):
     """Scalar loss and extra scalar metrics; traced once under jit."""
 
   def next_batch(self, step: int, params, key: jax.Array) -> tuple[dict, dict]:
-    """The arrays of `step` (leading axis: batch) and host-side metrics of making them."""
+    """Return the arrays of `step` (leading axis: batch) and host-side metrics of making them."""
 
   def evaluate(self, params) -> dict[str, float]:
     """Evaluation metrics, keys prefixed "eval/"."""
@@ -97,7 +97,7 @@ def make_train_step(loss_fn, optimizer):
 
 
 def root_key(state: TrainState) -> jax.Array:
-  """The run's root key, rebuilt on one device from the state's raw key data.
+  """Rebuild the run's root key on one device from the state's raw key data.
 
   The key data may be sharded like any other leaf of the state, and a key
   array cannot be, so it goes through the host. It never changes during a run.

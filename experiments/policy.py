@@ -53,7 +53,7 @@ def _sample(params, prompts_MxP, lengths_M, keys_M, temperature, *, config, max_
 
 def make_sampler(config: plt.ModelConfig, max_new_tokens: int, temperature: float, eos_id: int,
                  pad_id: int) -> Callable:
-  """A sampler with cropi's contract: one key per row, tokens after the first end token padded.
+  """Build a sampler with cropi's contract: one key per row, tokens after the first end token padded.
 
   Returns ``sampler(params, prompts_MxP, prompt_lengths_M, keys_M) ->
   (tokens [M, T], lengths [M], log_probs [M, T])`` where lengths count the

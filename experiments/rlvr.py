@@ -10,9 +10,9 @@ Guidance", Zhu et al., arXiv 2510.26491) at CPU scale:
 3. `collect_offline`: K samples per pool prompt and K_v per validation
    prompt from the warmed-up behaviour policy, stored once as cropi
    `OfflineStore`s.
-4. `GrpoTask`: GRPO on the pool or on a selected subset, with the subset
-   re-chosen at every stage by one of the selection rules; it plugs into the
-   shared loop of `experiments.train`.
+4. `GrpoTask`: GRPO on the pool or on a selected subset. The subset is
+   chosen again at every stage by one of the selection rules, and the task
+   plugs into the shared loop of `experiments.loop`.
 
 Axis letters: N prompts, K samples per prompt, M = N * K rows, P prompt
 tokens, T new tokens, S = P + T.
@@ -314,7 +314,7 @@ class GrpoTask:
     subset = self.selected if self.rule else np.arange(len(self.setup.pool))
     if subset.size == 0:
       # No eligible prompt (every group degenerate): the stage falls back to
-      # the whole pool, and stages.jsonl and train/selected count say so.
+      # the whole pool, and train/selected records a selection of 0.
       subset = np.arange(len(self.setup.pool))
     host_metrics["train/selected"] = float(self.selected.size if self.rule else subset.size)
     rng = np.random.default_rng([self.seed, step])
