@@ -90,6 +90,11 @@ def bootstrap_ratio(full_runs: list, arm_runs: list, key: str, draws: int = 1000
   return (float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5)))
 
 
+def _last(values: np.ndarray) -> float:
+  """The last value of a curve, NaN for an empty one (no untargeted family)."""
+  return float(values[-1]) if len(values) else float("nan")
+
+
 def mean_interval(values: list) -> str:
   values = np.asarray(values, float)
   if values.size == 1:
@@ -118,7 +123,7 @@ def write_grpo_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, 
     entry = {
         "initial_targeted": first,
         "final_targeted": {s: float(eval_curve(r, key)[1][-1]) for s, r in per_seed.items()},
-        "final_untargeted": {s: float(eval_curve(r, "eval/untargeted")[1][-1])
+        "final_untargeted": {s: _last(eval_curve(r, "eval/untargeted")[1])
                              for s, r in per_seed.items()},
         "best_smoothed_targeted": float(np.nanmax(smooth(mean_curve(runs, key)[1]))),
         "scoring_seconds_per_stage": float(np.mean([st["scoring_seconds"] for st in stages]))
@@ -177,7 +182,7 @@ def plot_curves(rows: dict) -> Figure:
     axis = figure.add_subplot(1, 2, index + 1)
     for arm, per_seed in rows.items():
       curves = [eval_curve(r, key) for r in per_seed.values()]
-      length = min(len(c[0]) for c in curves)
+      length = min(len(c[0]) for c in curves)  # 0 when the split has no untargeted family
       if length == 0:
         continue
       steps = curves[0][0][:length]

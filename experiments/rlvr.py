@@ -88,19 +88,52 @@ class Setup:
   evaluation: dict  # family -> Encoded
   prompt_len: int
   max_new_tokens: int
+  warmup: tuple = ()  # warm-up problems of a loaded file; generated ones are drawn later
+
+
+def jsonl_splits(task: ml_collections.ConfigDict, seed: int) -> tuple[tasks.TaskSplits, tuple]:
+  """Split a GSM8K-style file into evaluation, validation, pool and warm-up problems.
+
+  The problems are shuffled with `seed`, then taken in that order: eval_size
+  for evaluation, valid_size for validation (the influence target), pool_size
+  for the pool, and the rest for supervised warm-up.
+  """
+  problems = tasks.load_jsonl(task.jsonl)
+  order = np.random.default_rng(seed).permutation(len(problems))
+  shuffled = [problems[i] for i in order]
+  sizes = (task.eval_size, task.valid_size, task.pool_size)
+  if sum(sizes) >= len(shuffled):
+    raise ValueError(f"task.jsonl {task.jsonl!r} has {len(shuffled)} problems; eval_size + "
+                     f"valid_size + pool_size = {sum(sizes)} leaves none for warm-up")
+  evaluation, valid, pool = (tuple(shuffled[sum(sizes[:i]):sum(sizes[:i + 1])]) for i in range(3))
+  family = tasks.JSONL_FAMILY
+  splits = tasks.TaskSplits(pool=pool, valid={family: valid}, evaluation={family: evaluation},
+                            targeted=(family,), untargeted=())
+  return splits, tuple(shuffled[sum(sizes):])
+
+
+def reward(problem: tasks.Problem, completion: str) -> float:
+  """Exact match for generated problems; numeric match for loaded math problems."""
+  if problem.family == tasks.JSONL_FAMILY:
+    return tasks.numeric_reward(completion, problem.answer)
+  return tasks.reward(completion, problem.answer)
 
 
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
-  """Generate the splits and encode them; raises ValueError on bad task or model values."""
+  """Generate (or load) the splits and encode them; raises ValueError on bad task or model values."""
   task = config.task
-  families = parse_list(task.families, "task.families", tasks.FAMILIES)
-  targeted = parse_list(task.targeted, "task.targeted", families)
-  difficulties = tuple(int(d) for d in parse_list(task.difficulties, "task.difficulties"))
-  splits = tasks.make_splits(pool_size=task.pool_size, valid_size=task.valid_size,
-                             eval_size=task.eval_size, families=families, targeted=targeted,
-                             difficulties=difficulties, seed=config.seed)
+  warmup = ()
+  if task.jsonl:
+    splits, warmup = jsonl_splits(task, config.seed)
+  else:
+    families = parse_list(task.families, "task.families", tasks.FAMILIES)
+    targeted = parse_list(task.targeted, "task.targeted", families)
+    difficulties = tuple(int(d) for d in parse_list(task.difficulties, "task.difficulties"))
+    splits = tasks.make_splits(pool_size=task.pool_size, valid_size=task.valid_size,
+                               eval_size=task.eval_size, families=families, targeted=targeted,
+                               difficulties=difficulties, seed=config.seed)
   tokenizer = tasks.CharTokenizer()
-  every = list(splits.pool) + [p for v in splits.valid.values() for p in v]
+  every = list(splits.pool) + list(warmup) + [p for v in splits.valid.values() for p in v]
   every += [p for v in splits.evaluation.values() for p in v]
   prompt_len = max(len(tokenizer.encode(p.prompt)) for p in every) + 1  # + BOS
   longest = max(len(tokenizer.encode(p.solution)) for p in every) + 1  # + EOS
@@ -115,7 +148,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
       pool=Encoded.build(splits.pool, tokenizer, prompt_len),
       valid={f: Encoded.build(v, tokenizer, prompt_len) for f, v in splits.valid.items()},
       evaluation={f: Encoded.build(v, tokenizer, prompt_len) for f, v in splits.evaluation.items()},
-      prompt_len=prompt_len, max_new_tokens=task.max_new_tokens)
+      prompt_len=prompt_len, max_new_tokens=task.max_new_tokens, warmup=warmup)
 
 
 def warmup_problems(setup: Setup, count: int, seed: int) -> list:
@@ -123,8 +156,11 @@ def warmup_problems(setup: Setup, count: int, seed: int) -> list:
 
   Warming up on the pool itself would memorise it, leaving every pool prompt
   at pass rate 1 and nothing for GRPO or the selection rules to act on. The
-  draws repeat problems where a family's space is small.
+  draws repeat problems where a family's space is small. A loaded file
+  supplies its own warm-up problems: those left after the splits.
   """
+  if setup.warmup:
+    return [setup.warmup[i % len(setup.warmup)] for i in range(count)]
   taken = {p.prompt for p in setup.splits.pool}
   taken |= {p.prompt for v in setup.splits.valid.values() for p in v}
   taken |= {p.prompt for v in setup.splits.evaluation.values() for p in v}
@@ -155,11 +191,11 @@ def supervised_data(setup: Setup, problems) -> policy.SupervisedSequences:
                                     setup.tokenizer.pad_id)
 
 
-def make_verifier(setup: Setup, answers: dict):
-  """A cropi verifier: exact match of the decoded completion against the reference answer."""
+def make_verifier(setup: Setup, problems: dict):
+  """A cropi verifier: the decoded completion scored against its problem's reference answer."""
 
   def verifier(prompt_ids, completions, lengths):
-    return [tasks.reward(setup.tokenizer.decode(row[:n]), answers[int(i)])
+    return [reward(problems[int(i)], setup.tokenizer.decode(row[:n]))
             for i, row, n in zip(prompt_ids, completions, lengths)]
 
   return verifier
@@ -179,8 +215,8 @@ def accuracy(params, setup: Setup, encoded: Encoded, batch: int = 256) -> float:
     tokens = np.asarray(policy.greedy(params, jnp.asarray(prompts), jnp.asarray(lengths),
                                       config=setup.model, max_new_tokens=setup.max_new_tokens,
                                       eos_id=setup.tokenizer.eos_id, pad_id=setup.tokenizer.pad_id))
-    for row, answer in zip(tokens[:stop - start], encoded.answers[start:stop]):
-      correct += tasks.reward(setup.tokenizer.decode(row), answer)
+    for row, problem in zip(tokens[:stop - start], encoded.problems[start:stop]):
+      correct += reward(problem, setup.tokenizer.decode(row))
   return correct / len(encoded)
 
 
@@ -203,7 +239,7 @@ def collect_store(params, setup: Setup, encoded: Encoded, num_samples: int, temp
   """
   sampler = policy.make_sampler(setup.model, setup.max_new_tokens, temperature,
                                 setup.tokenizer.eos_id, setup.tokenizer.pad_id)
-  verifier = make_verifier(setup, dict(enumerate(encoded.answers)))
+  verifier = make_verifier(setup, dict(enumerate(encoded.problems)))
   parts = []
   for start in range(0, len(encoded), chunk):
     stop = min(start + chunk, len(encoded))
@@ -267,7 +303,7 @@ class GrpoTask:
     grpo = config.grpo
     self.sampler = policy.make_sampler(setup.model, setup.max_new_tokens, grpo.temperature,
                                        setup.tokenizer.eos_id, setup.tokenizer.pad_id)
-    self.verifier = make_verifier(setup, dict(enumerate(setup.pool.answers)))
+    self.verifier = make_verifier(setup, dict(enumerate(setup.pool.problems)))
     self.log_prob_fn = policy.make_log_prob_fn(setup.model)
     self.ref_log_probs = jax.jit(self.log_prob_fn)
     self.units_per_step = config.train.batch_size

@@ -149,6 +149,10 @@ def rlvr_config(preset: str) -> ml_collections.ConfigDict:
   config.task.valid_size = s["valid"]  # validation prompts per targeted family
   config.task.eval_size = s["evaluation"]  # held-out evaluation prompts per family
   config.task.max_new_tokens = 16  # completion budget, end token included
+  # A GSM8K-style JSONL file ("question", "answer" ending in "#### <number>") to use
+  # instead of generated problems; it then fills evaluation, validation, pool and
+  # warm-up in that order. Its solutions are long, so raise max_new_tokens with it.
+  config.task.jsonl = ""
 
   config.model = model_config(d_model=s["width"], num_layers=s["layers"], head_dim=16,
                               ffn_dim=3 * s["width"], window=16)

@@ -186,3 +186,41 @@ def test_projection_probe_rejects_bad_keep_ratio(tmp_path):
                   "--config.probe.keep_ratios=1,1.5")
   assert result.returncode == 2
   assert "invalid probe.keep_ratios entry 1.5" in result.stderr
+
+
+def test_study_runs_on_a_gsm8k_style_file(tmp_path):
+  rng = np.random.default_rng(0)
+  lines = []
+  for _ in range(40):
+    a, b = (int(x) for x in rng.integers(1, 50, 2))
+    lines.append(json.dumps({"question": f"What is {a} plus {b}?",
+                             "answer": f"{a}+{b}=<<{a}+{b}={a + b}>>{a + b}\n#### {a + b:,}"}))
+  path = tmp_path / "math.jsonl"
+  path.write_text("\n".join(lines) + "\n")
+  workdir = tmp_path / "study"
+  result = _main(workdir, f"--config.task.jsonl={path}", "--config.task.pool_size=20",
+                 "--config.task.valid_size=5", "--config.task.eval_size=5",
+                 "--config.task.max_new_tokens=20", "--config.arms=full,cropi")
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / "offline" / "summary.json").read_text())
+  assert list(summary["families"]) == ["jsonl"]
+  assert summary["pool_prompts"] == 20
+  rows = [json.loads(line) for line in
+          (workdir / "arms" / "cropi" / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+  assert "eval/jsonl" in rows[-1]
+
+
+def test_jsonl_splits_leave_problems_for_warmup(tmp_path):
+  path = tmp_path / "tiny.jsonl"
+  path.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"})
+                            for i in range(10)) + "\n")
+  config = cropi_grpo.get_config("smoke")
+  config.task.jsonl = str(path)
+  config.task.pool_size, config.task.valid_size, config.task.eval_size = 5, 2, 2
+  splits, warmup = rlvr.jsonl_splits(config.task, seed=0)
+  prompts = [p.prompt for p in splits.pool + splits.valid["jsonl"] + splits.evaluation["jsonl"]]
+  assert len(set(prompts)) == 9
+  assert len(warmup) == 1
+  config.task.pool_size = 6
+  with pytest.raises(ValueError, match="leaves none for warm-up"):
+    rlvr.jsonl_splits(config.task, seed=0)
