@@ -5,8 +5,9 @@ Influence Guidance" (CROPI), arXiv 2510.26491.
 
 Conventions shared by every rule:
 
-- Each rule returns int64 numpy positions 0..N-1 into the training pool,
-  best first. The random rules return their ids in the order drawn.
+- Each rule returns int64 numpy positions 0..N-1 into the training pool
+  (rows of an `OfflineStore`, not its `prompt_ids`), best first. The random
+  rules return their positions in the order drawn.
 - A NaN score marks an ineligible prompt, which no scored rule selects.
 - Equal scores are ordered by prompt id, lower id first.
 - All work runs on the host in numpy.

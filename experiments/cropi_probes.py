@@ -113,13 +113,18 @@ def run_projection(config: ml_collections.ConfigDict, workdir) -> dict:
   return result
 
 
+def _random_precision(eligible: int, fraction: float = 0.1) -> float:
+  """Expected precision of a random ranking: m / N for the top m = max(1, floor(fraction N))."""
+  return max(1, int(fraction * eligible)) / eligible if eligible else float("nan")
+
+
 def _write_projection_report(workdir: pathlib.Path, config, result: dict) -> None:
   lines = [
       "# CROPI probe: projected against exact influence scores", "",
       f"{result['eligible_prompts']} eligible pool prompts, {result['parameters']} parameters "
       f"projected to k = {result['proj_dim']}; {config.probe.seeds} projection seeds per cell. "
-      f"Spread of the exact cosine scores: std {result['exact_score_std']:.4f}. Random "
-      "selection gives precision 0.10.", "",
+      f"Spread of the exact cosine scores: std {result['exact_score_std']:.4f}. A random "
+      f"ranking scores about {_random_precision(result['eligible_prompts']):.2f}.", "",
       "| keep ratio | kind | input | precision@10% | median abs score error | paper (1.5B, %) |",
       "|---|---|---|---|---|---|",
   ]
@@ -233,7 +238,12 @@ def _restore_params(checkpointer, step: int, beta, sub):
 
 
 def _token_kl(params, beta, store: cropi.OfflineStore, log_prob_fn) -> float:
-  """Mean per-token log pi(o) - log beta(o) over fresh samples of pi: a KL(pi || beta) estimate."""
+  """Mean per-token log pi(o) - log beta(o) over the fresh samples.
+
+  NOTE: the samples come from pi at the offline temperature, not from pi
+  itself, so this is a drift measure that can be slightly negative, not an
+  unbiased KL(pi || beta).
+  """
   examples = store.examples()
   tokens = jnp.asarray(examples["tokens"].reshape(-1, examples["tokens"].shape[-1]))
   mask = examples["mask"].reshape(tokens.shape)
@@ -247,7 +257,7 @@ def _write_offpolicy_report(workdir: pathlib.Path, config, result: dict) -> None
       f"{result['prompts']} pool prompts with 0 < pass rate < 1; on-policy gradients from "
       f"{result['fresh_samples']} fresh samples per prompt at temperature "
       f"{config.offline.temperature}; checkpoints of a full-pool GRPO run.", "",
-      "| GRPO step | KL(pi \\|\\| beta) per token | prompts | median cos(POPI, on-policy) | share > 0.6 "
+      "| GRPO step | log pi - log beta per token | prompts | median cos(POPI, on-policy) | share > 0.6 "
       "| median cos of two on-policy draws |",
       "|---|---|---|---|---|---|",
   ]
@@ -267,7 +277,7 @@ def _write_offpolicy_report(workdir: pathlib.Path, config, result: dict) -> None
   kls = [r["kl_per_token"] for r in result["rows"]]
   axis.plot(kls, [r["median_cosine"] for r in result["rows"]], marker="o", label="POPI vs on-policy")
   axis.plot(kls, [r["median_ceiling"] for r in result["rows"]], marker="s", label="two on-policy draws")
-  axis.set_xlabel("KL(pi || beta) per token")
+  axis.set_xlabel("mean log pi - log beta per token (fresh samples)")
   axis.set_ylabel("median cosine")
   axis.grid(alpha=0.3)
   axis.legend(fontsize=8)

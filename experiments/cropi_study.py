@@ -69,7 +69,7 @@ def prepare_policy(config: ml_collections.ConfigDict, workdir) -> Policy:
   exp = train.Experiment(setup.model, None, rlvr.supervised_data(setup, problems),
                          rlvr.supervised_data(setup, [p for v in setup.splits.valid.values() for p in v]))
   train.check_resume(warm_cfg, root / "warmup")
-  logging.info("Warm-up: supervised training on the pool's worked solutions")
+  logging.info("Warm-up: supervised training on problems outside every split")
   beta = train.run(warm_cfg, root / "warmup", exp).params
 
   offline = root / "offline"
@@ -94,7 +94,7 @@ def store_summary(setup: rlvr.Setup, pool: cropi.OfflineStore, valid: dict) -> d
   rates = pool.pass_rates
   learnable = (rates > 0) & (rates < 1)
   families = {}
-  for family in {p.family for p in setup.pool.problems}:
+  for family in sorted({p.family for p in setup.pool.problems}):
     rows = np.array([p.family == family for p in setup.pool.problems])
     families[family] = {"learnable_share": float(np.mean(learnable[rows])),
                         "mean_pass_rate": float(np.mean(rates[rows]))}
@@ -150,6 +150,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not seed.isdigit():
       raise ValueError(f"invalid seeds entry {seed!r}; expected non-negative integers")
   c = config.cropi
+  for name in ("proj_dim", "chunk_size", "max_valid_prompts", "steps_per_stage"):
+    if c[name] < 1:
+      raise ValueError(f"invalid cropi.{name} {c[name]}; expected a positive int")
+  if not 0 < c.keep_ratio <= 1:
+    raise ValueError(f"invalid cropi.keep_ratio {c.keep_ratio}; expected a value in (0, 1]")
+  if not 0 < config.offline.temperature:
+    raise ValueError(f"invalid offline.temperature {config.offline.temperature}; expected > 0")
+  for name in ("num_samples", "num_samples_valid"):
+    if config.offline[name] < 2:
+      raise ValueError(f"invalid offline.{name} {config.offline[name]}; a group needs >= 2")
   if not 0 < c.select_ratio <= 1:
     raise ValueError(f"invalid cropi.select_ratio {c.select_ratio}; expected a value in (0, 1]")
   if c.steps_per_stage < 1 or c.steps_per_stage % config.train.checkpoint_every:
@@ -176,10 +186,29 @@ def _seeds(config) -> tuple:
   return rlvr.parse_list(config.seeds, "seeds") if "seeds" in config else (str(config.seed),)
 
 
+def check_offline(config: ml_collections.ConfigDict, workdir) -> None:
+  """Raise ValueError if stored offline rollouts were sampled with other offline settings."""
+  o = config.offline
+  offline = shared_dir(config, workdir) / "offline"
+  for path in sorted(offline.glob("*.npz")) if offline.is_dir() else []:
+    with np.load(path) as data:
+      samples = data["completions"].shape[1]
+      temperature = float(data["meta/temperature"])
+      tempered = bool(data["meta/tempered_behaviour"])
+    expected = o.num_samples if path.name == "pool.npz" else o.num_samples_valid
+    stored = (samples, temperature, tempered)
+    wanted = (expected, float(o.temperature), bool(o.tempered_behaviour))
+    if stored != wanted:
+      raise ValueError(
+          f"{path} holds rollouts with (samples, temperature, tempered_behaviour) = {stored}, "
+          f"but the config asks for {wanted}; pick another shared_dir or workdir")
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir) -> None:
   """Raise ValueError if any sub-run in the workdirs was started with another config."""
   setup = rlvr.build_setup(config)
   train.check_resume(warmup_config(config, setup), shared_dir(config, workdir) / "warmup")
+  check_offline(config, workdir)
   if "arms" not in config:
     train.check_resume(arm_config(config, "full", config.seed), pathlib.Path(workdir) / "grpo")
     return

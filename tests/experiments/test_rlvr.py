@@ -140,6 +140,9 @@ def test_rerun_resumes_without_training_again(study):
     ("--config.cropi.steps_per_stage=3", "invalid cropi.steps_per_stage 3"),
     ("--config.task.targeted=mod,div", "invalid task.targeted entries ['div']"),
     ("--config.grpo.group_size=1", "invalid grpo.group_size 1"),
+    ("--config.cropi.keep_ratio=0", "invalid cropi.keep_ratio 0"),
+    ("--config.cropi.proj_dim=0", "invalid cropi.proj_dim 0"),
+    ("--config.cropi.chunk_size=0", "invalid cropi.chunk_size 0"),
 ])
 def test_bad_study_override_exits_2(tmp_path, override, message):
   result = _main(tmp_path / "bad", override)
@@ -224,3 +227,13 @@ def test_jsonl_splits_leave_problems_for_warmup(tmp_path):
   config.task.pool_size = 6
   with pytest.raises(ValueError, match="leaves none for warm-up"):
     rlvr.jsonl_splits(config.task, seed=0)
+
+
+def test_shared_rollouts_with_other_settings_are_rejected(study, tmp_path):
+  shared, _ = study
+  result = _probe("cropi_projection", tmp_path / "e2", shared, "--config.offline.temperature=1.0")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert "pool.npz holds rollouts" in lines[0]
+  assert not (tmp_path / "e2").exists()
