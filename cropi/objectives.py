@@ -246,7 +246,7 @@ def grpo_loss(log_probs_BxT, old_log_probs_BxT, advantages_B, mask_BxT, *,
               ref_log_probs_BxT=None, kl_coef: float = 0.0, clip_low: Optional[float] = 0.2,
               clip_high: Optional[float] = 0.2, aggregation: str = "seq_mean_token_mean",
               num_sequences=None, num_tokens=None) -> tuple[jax.Array, dict]:
-  """The GRPO training loss: clipped surrogate plus an optional k3 KL penalty.
+  """Compute the GRPO training loss: clipped surrogate plus an optional k3 KL penalty.
 
   ``loss = agg(-min(rho A, clip(rho) A) + kl_coef * k3(pi, ref))`` with the
   same aggregation for both terms (verl's ``use_kl_loss``).

@@ -211,10 +211,10 @@ class Projector:
   def __call__(self, x: jax.Array) -> jax.Array:
     """Project the rows of x: ``x[:, kept] @ R / sqrt(proj_dim)``.
 
-    NOTE: every call generates R again. On CPU the Gaussian and sparse kinds
-    cost about ten times a dense product with a stored R (Rademacher about
-    1.2 times), so when d_keep * proj_dim fits in memory, projecting many
-    rows per call or using `materialize()` once is faster.
+    NOTE: every call generates R again. On a 2-core CPU the Gaussian and
+    sparse kinds cost about ten times a dense product with a stored R, and
+    Rademacher about 1.2 times. When d_keep * proj_dim fits in memory,
+    `dense()` or projecting many rows per call is faster.
 
     The kept inputs are rounded to input_dtype and back to float32, and the
     products are accumulated in float32. Rounding to float16 turns magnitudes

@@ -13,6 +13,7 @@ M rewards`` in row order, 0 for a completion whose answer cannot be parsed.
 """
 
 import dataclasses
+import decimal
 import hashlib
 import re
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -111,7 +112,8 @@ def score(verifier: Callable, prompt_ids_M, completions_MxT, completion_lengths_
   return rewards
 
 
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# Digits with optional comma grouping in threes and an optional fraction, or a bare fraction.
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
 
 
 def extract_answer(text: str, marker: str = "Answer:") -> Optional[str]:
@@ -128,14 +130,22 @@ def extract_answer(text: str, marker: str = "Answer:") -> Optional[str]:
 
 
 def canonical_number(text: Optional[str]) -> Optional[str]:
-  """Return a number in canonical form ("1,200" and "1200.0" give "1200"), or None if not one number."""
+  """Write a number in one canonical form, or return None if `text` is not one number.
+
+  Surrounding spaces, dollar signs and thousands separators are dropped, and
+  whole values lose any fraction, so "1,200", "$1200" and "1200.0" all give
+  "1200". Other values keep their significant digits ("0.50" gives "0.5").
+  Decimal arithmetic keeps every digit, however long the number.
+  """
   if text is None:
     return None
-  cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
+  cleaned = text.replace("$", "").strip()
   if not _NUMBER.fullmatch(cleaned):
     return None
-  value = float(cleaned)
-  return str(int(value)) if value.is_integer() else repr(value)
+  value = decimal.Decimal(cleaned.replace(",", ""))
+  if value == value.to_integral_value():
+    return str(int(value))
+  return format(value.normalize(), "f")
 
 
 def exact_match_reward(completion: str, reference: Optional[str], *, marker: str = "Answer:",
@@ -249,7 +259,7 @@ class OfflineStore:
     """Per-prompt training examples for `objectives.make_prompt_loss`, prompts on axis 0.
 
     Each completion is placed right after its prompt's real tokens, so the
-    sequences are right-padded with no gap. The dict holds tokens [n, K, S],
+    sequences are right-padded with no gap. The dict contains tokens [n, K, S],
     mask [n, K, S] over the completion tokens, behaviour_log_probs [n, K, S]
     at the same positions and rewards [n, K].
 

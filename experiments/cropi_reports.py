@@ -91,7 +91,7 @@ def bootstrap_ratio(full_runs: list, arm_runs: list, key: str, draws: int = 1000
 
 
 def _last(values: np.ndarray) -> float:
-  """The last value of a curve, NaN for an empty one (no untargeted family)."""
+  """Return the last value of a curve, or NaN for an empty one (no untargeted family)."""
   return float(values[-1]) if len(values) else float("nan")
 
 

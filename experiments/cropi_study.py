@@ -197,11 +197,12 @@ def check_offline(config: ml_collections.ConfigDict, workdir) -> None:
       tempered = bool(data["meta/tempered_behaviour"])
     expected = o.num_samples if path.name == "pool.npz" else o.num_samples_valid
     stored = (samples, temperature, tempered)
-    wanted = (expected, float(o.temperature), bool(o.tempered_behaviour))
-    if stored != wanted:
+    requested = (expected, float(o.temperature), bool(o.tempered_behaviour))
+    if stored != requested:
       raise ValueError(
-          f"{path} holds rollouts with (samples, temperature, tempered_behaviour) = {stored}, "
-          f"but the config asks for {wanted}; pick another shared_dir or workdir")
+          f"invalid offline settings: {path} contains rollouts with (samples, temperature, "
+          f"tempered_behaviour) = {stored}, but the config expects {requested}; pick another "
+          "shared_dir or workdir")
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir) -> None:

@@ -31,7 +31,6 @@ import numpy as np
 import cropi
 import plt
 from experiments import metrics as metrics_lib
-from experiments import outputs
 from experiments import policy
 from experiments.data import tasks
 
@@ -341,18 +340,21 @@ class GrpoTask:
     return loss, {f"train/{k}": v for k, v in metrics.items()}
 
   def next_batch(self, step: int, params, key) -> tuple[dict, dict]:
+    """Select the stage's prompts if a stage starts, then sample, score and pack one GRPO batch."""
     grpo = self.config.grpo
     self.last_step = step
     host_metrics = {}
     stage = (step - 1) // self.config.cropi.steps_per_stage if self.rule else 0
     if self.rule and stage != self.stage:
       host_metrics.update(self._select(stage, step, params))
+
     subset = self.selected if self.rule else np.arange(len(self.setup.pool))
     if subset.size == 0:
       # No eligible prompt (every group degenerate): the stage falls back to
       # the whole pool, and train/selected records a selection of 0.
       subset = np.arange(len(self.setup.pool))
     host_metrics["train/selected"] = float(self.selected.size if self.rule else subset.size)
+
     rng = np.random.default_rng([self.seed, step])
     count = self.config.train.batch_size
     ids = rng.choice(subset, count, replace=len(subset) < count)
@@ -361,6 +363,9 @@ class GrpoTask:
                               prompt_ids_N=ids)
     advantages = cropi.group_advantages(rollouts.rewards, rollouts.group_ids,
                                         num_groups=len(ids), eps=grpo.adv_eps)
+
+    # Rows are relabelled 0..n-1 because a resampled batch can repeat a prompt,
+    # and a store needs unique prompt ids.
     temporary = cropi.build_store(
         rollouts._replace(prompt_ids=np.repeat(np.arange(len(ids)), grpo.group_size)),
         self.setup.pool.prompts[ids], self.setup.pool.prompt_lengths[ids], grpo.group_size)
@@ -370,6 +375,7 @@ class GrpoTask:
              "advantages": np.asarray(advantages)}
     if grpo.kl_coef:
       batch["ref_log_probs"] = self.ref_log_probs(self.beta, jnp.asarray(tokens))
+
     host_metrics.update({
         "train/reward": float(np.mean(rollouts.rewards)),
         "train/zero_variance_groups": rollouts.num_zero_variance_groups / len(ids),

@@ -17,7 +17,9 @@ BATCH_AXES = ("data", "fsdp")
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
   """Build the ("data", "fsdp") mesh; data=-1 takes all remaining devices."""
-  if mesh_config.multi_host:
+  # The runner builds the mesh in more than one place, and the distributed
+  # client may start only once per process.
+  if mesh_config.multi_host and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   devices = jax.devices()
   fsdp = mesh_config.fsdp

@@ -244,7 +244,7 @@ class LmTask:
     self.exp, self.config = exp, config
     self.units_per_step = config.train.batch_size * config.data.seq_len
     self.iterator = corpus.BatchIterator(exp.train_data, config.train.batch_size, config.seed)
-    self.mesh = None
+    self.mesh = sharding.make_mesh(config.mesh)  # built once, reused by every evaluation
     self._eval_step = jax.jit(lambda p, b: loss_fn(p, b, exp.model, exp.dot_general))
 
   def init_params(self, key):
@@ -262,11 +262,10 @@ class LmTask:
     """Mean eval loss over a fixed, deterministic set of eval batches."""
     data, train = self.exp.eval_data, self.config.train
     batch_size = min(train.batch_size, len(data))
-    mesh = sharding.make_mesh(self.config.mesh)
     losses = []
     for i in range(train.eval_batches):
       indices = (np.arange(batch_size) + i * batch_size) % len(data)
-      batch = sharding.shard_batch(data.batch(indices), mesh)
+      batch = sharding.shard_batch(data.batch(indices), self.mesh)
       losses.append(float(self._eval_step(params, batch)))
     loss = float(np.mean(losses))
     return {"eval/loss": loss, "eval/bits_per_byte": loss / np.log(2)}

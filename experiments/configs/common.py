@@ -128,7 +128,7 @@ def rlvr_config(preset: str) -> ml_collections.ConfigDict:
   """The sections shared by the CROPI studies: task, model, warm-up, offline rollouts, GRPO.
 
   Defaults follow CROPI's released pipeline where it has one ("Data-Efficient
-  RLVR via Off-Policy Influence Guidance", arXiv 2510.26491): 8 offline samples
+  RLVR via Off-Policy Influence Guidance", arXiv 2510.26491). That means 8 offline samples
   per pool prompt and 32 per validation prompt at temperature 0.5, GRPO groups
   of 8 at temperature 1.0, KL coefficient 0.001, clip 0.2, a constant learning
   rate and 10% of the pool per stage. Sizes shrink to what 2 CPU cores finish.
@@ -150,8 +150,8 @@ def rlvr_config(preset: str) -> ml_collections.ConfigDict:
   config.task.eval_size = s["evaluation"]  # held-out evaluation prompts per family
   config.task.max_new_tokens = 16  # completion budget, end token included
   # A GSM8K-style JSONL file ("question", "answer" ending in "#### <number>") to use
-  # instead of generated problems; it then fills evaluation, validation, pool and
-  # warm-up in that order. Its solutions are long, so raise max_new_tokens with it.
+  # instead of generated problems. It fills evaluation, validation, pool and warm-up
+  # in that order. Its solutions are long, so raise max_new_tokens with it.
   config.task.jsonl = ""
 
   config.model = model_config(d_model=s["width"], num_layers=s["layers"], head_dim=16,

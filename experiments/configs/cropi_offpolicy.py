@@ -10,7 +10,7 @@ stored rewards, the POPI gradient from the stored trajectories and the
 on-policy gradient from fresh samples, twice, so the cosine of the two fresh
 draws gives the noise ceiling. A review of "Data-Efficient RLVR via
 Off-Policy Influence Guidance" (arXiv 2510.26491) quotes a cosine above 0.6
-for about 40 of 50 prompts; at step 0 on the stored samples it is exactly 1.
+for about 40 of 50 prompts. At step 0 on the stored samples it is exactly 1.
 """
 
 import ml_collections

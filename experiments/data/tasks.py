@@ -24,7 +24,6 @@ after the last marker in a completion.
 """
 
 import dataclasses
-import decimal
 import itertools
 import json
 import math
@@ -35,6 +34,8 @@ import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from cropi.rollouts import canonical_number  # shared by the verifiers of every task
 
 FAMILIES = ("add", "mul", "mod", "sort", "digitsum")
 DIFFICULTIES = (1, 2, 3)
@@ -51,7 +52,6 @@ _SMALL_OPERANDS = range(2, 10)
 _CALCULATOR_ANNOTATION = re.compile(r"<<.*?>>")
 # An optional sign, digits that may be grouped in threes by commas, and an
 # optional fraction.
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,22 +224,6 @@ def reward(completion: str, answer: str) -> float:
   if not isinstance(answer, str) or extract_answer(ANSWER_MARKER + answer) != answer:
     return 0.0
   return float(extract_answer(completion) == answer)
-
-
-def canonical_number(text: str) -> str | None:
-  """Write a number in one canonical form, or return None if `text` is not one.
-
-  Thousands separators are dropped, and whole values lose any fraction, so
-  "1,200", "1200" and "1200.0" all give "1200". Other values keep their
-  significant fraction digits ("0.50" gives "0.5").
-  """
-  text = text.strip()
-  if not _NUMBER.fullmatch(text):
-    return None
-  value = decimal.Decimal(text.replace(",", ""))
-  if value == value.to_integral_value():
-    return str(int(value))
-  return format(value.normalize(), "f")
 
 
 def numeric_reward(completion: str, answer: str) -> float:

@@ -1,7 +1,5 @@
 """The curriculum's stage loop: which policy scores, what is sampled, what is logged."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -44,7 +42,7 @@ def _recording_scorer(trainer, seen):
   return score
 
 
-def test_stage_m_scores_with_theta_m_and_never_samples():
+def test_stage_scores_with_its_policy():
   trainer, seen = Trainer(), []
   state, logs = curriculum.run(BETA, store=POOL, params_fn=lambda s: s, train_fn=trainer.train,
                                num_stages=3, select_ratio=0.3, score_fn=_recording_scorer(trainer, seen))
@@ -87,7 +85,7 @@ def test_static_influence_scores_once_and_keeps_its_selection():
                    rule="static_influence", score_fn=lambda p: None, start_stage=1)
 
 
-def test_resuming_at_a_later_stage_runs_only_the_rest():
+def test_resume_runs_remaining_stages():
   trainer = Trainer()
   first, logs = curriculum.run(BETA, store=POOL, params_fn=lambda s: s, train_fn=trainer.train,
                                num_stages=4, select_ratio=0.3, rule="random_per_stage")
@@ -119,7 +117,7 @@ class _ChangingStore:
     return "a" if self.reads <= 2 else "b"
 
 
-def test_a_changed_store_stops_the_curriculum():
+def test_curriculum_stops_on_changed_store():
   with pytest.raises(RuntimeError, match="changed before stage 1"):
     curriculum.run(BETA, store=_ChangingStore(), params_fn=lambda s: s, train_fn=Trainer().train,
                    num_stages=3, rule="random")
@@ -155,7 +153,7 @@ def test_influence_scorer_matches_scores_built_by_hand():
   np.testing.assert_array_equal(eligible, influence.is_eligible(train))
 
 
-def test_curriculum_with_the_real_scorer_moves_with_the_policy():
+def test_curriculum_with_influence_scorer():
   d = gradients.flat_size(BETA)
   projector = projection.make_projector(d, 32, kind="sparse", seed=0)
   scorer = curriculum.make_influence_scorer(LOSS, POOL, [VALID], projector, chunk_size=5)

@@ -76,7 +76,7 @@ def test_bfloat16_params_give_float32_rows():
   assert got.shape == (7, gradients.flat_size(PARAMS))
 
 
-def test_working_memory_follows_the_chunk_not_the_number_of_examples():
+def test_working_memory_follows_chunk_size():
   params = {"w": jnp.ones((128, 128))}
 
   def loss(p, example):

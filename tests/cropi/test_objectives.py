@@ -21,7 +21,7 @@ def _reference_advantages(rewards, ddof=1, eps=1e-4):
 # ---------------------------------------------------------------- advantages
 
 
-def test_equal_rewards_that_float32_cannot_store_give_exact_zeros():
+def test_advantages_equal_inexact_rewards_zero():
   rewards = jnp.full((8,), 0.35, jnp.float32)
   adv = objectives.group_advantages(rewards, jnp.zeros(8, jnp.int32))
   assert np.all(np.asarray(adv) == 0.0)
@@ -135,7 +135,7 @@ def test_lengths_one_and_three_with_opposite_advantages():
   assert float(objectives.aggregate(per_token, mask, "token_mean")) == pytest.approx(0.5)
 
 
-def test_token_mean_is_independent_of_the_micro_batch_split():
+def test_aggregate_micro_batch_split():
   losses = jnp.array([[1.0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0], [0.0] * 5])
   mask = jnp.array([[1.0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0], [1.0] * 5])
   whole = objectives.aggregate(losses, mask, "token_mean")
@@ -175,7 +175,7 @@ def _token_grad(log_ratio, advantage, **clip):
     (1.5, 1.0, True), (0.5, -1.0, True),  # left the interval in the advantage's direction
     (1.5, -1.0, False), (0.5, 1.0, False), (1.1, 1.0, False), (0.9, -1.0, False),
 ])
-def test_clipping_zeroes_the_gradient_only_in_the_advantage_direction(ratio, advantage, clipped):
+def test_clipping_zeroes_outward_gradient(ratio, advantage, clipped):
   grad = _token_grad(np.log(ratio), advantage, clip_low=0.2, clip_high=0.2)
   if clipped:
     assert grad == 0.0
@@ -239,7 +239,7 @@ def _example(store, i):
   return {k: jnp.asarray(v[i]) for k, v in store.examples().items()}
 
 
-def test_at_the_behaviour_policy_popi_is_the_on_policy_gradient():
+def test_popi_at_behaviour_is_on_policy():
   params = helpers.init_lm(0)
   store = helpers.make_store(behaviour_params=params)
   example = _example(store, 0)
@@ -260,7 +260,7 @@ def test_at_the_behaviour_policy_popi_is_the_on_policy_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_importance_weighted_at_the_behaviour_policy_uses_the_population_std():
+def test_importance_weighted_population_std():
   params = helpers.init_lm(0)
   store = helpers.make_store(behaviour_params=params)
   example = _example(store, 2)
@@ -273,7 +273,7 @@ def test_importance_weighted_at_the_behaviour_policy_uses_the_population_std():
   np.testing.assert_allclose(grads[2], grads[1] * np.sqrt(3 / 4), rtol=1e-3, atol=1e-8)
 
 
-def test_one_token_bandit_off_policy_expectation_equals_on_policy():
+def test_bandit_off_policy_expectation_exact():
   theta = jnp.array([0.4, -0.3, 1.2, 0.0, -1.1])
   behaviour = jax.nn.log_softmax(jnp.array([0.0, 0.5, -0.2, 0.3, 0.1]))
   advantages = jnp.array([1.0, -0.5, 0.25, 2.0, -1.5])
@@ -321,7 +321,7 @@ def _two_token_gap(theta, beta_theta):
                                                               jax.tree.leaves(g_est)))
 
 
-def test_token_ratio_estimator_is_exact_at_beta_and_biased_away_from_it():
+def test_token_ratio_estimator_bias():
   beta = {"first": jnp.array([0.2, -0.4]), "second": jnp.array([[0.0, 1.0], [-0.5, 0.3]])}
   moved = {"first": jnp.array([1.5, -1.0]), "second": jnp.array([[1.0, -1.0], [0.8, -0.6]])}
   assert _two_token_gap(beta, beta) < 1e-6

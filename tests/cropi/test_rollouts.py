@@ -218,3 +218,10 @@ def test_from_arrays_names_missing_fields():
   del arrays["rewards"]
   with pytest.raises(ValueError, match=r"lack \['rewards'\]"):
     rollouts.OfflineStore.from_arrays(arrays)
+
+
+def test_canonical_number_keeps_every_digit():
+  assert rollouts.canonical_number("12345678901234567890") == "12345678901234567890"
+  assert rollouts.canonical_number("$1,200.50") == "1200.5"
+  assert rollouts.canonical_number(".5") == "0.5"
+  assert rollouts.canonical_number("1,2,3") is None

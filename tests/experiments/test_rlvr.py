@@ -235,5 +235,6 @@ def test_shared_rollouts_with_other_settings_are_rejected(study, tmp_path):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1, result.stderr
-  assert "pool.npz holds rollouts" in lines[0]
+  assert lines[0].startswith("error: invalid offline settings")
+  assert "pool.npz contains rollouts" in lines[0]
   assert not (tmp_path / "e2").exists()
